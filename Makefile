@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each creates .venv if missing and installs what it needs.
+#
+# TORCH_SPEC picks the torch build installed *before* the project, so that the
+# project's own `torch>=...` requirement is already satisfied and pip does not
+# pull a (large, CUDA) default wheel. Override it for another build, e.g.
+#   make test TORCH_SPEC="torch==2.5.1" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench assets lint clean install
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m textenv.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+assets: $(STAMP)
+	$(PY) scripts/build_assets.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

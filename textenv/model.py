@@ -1,0 +1,338 @@
+"""A small nanoGPT-style decoder-only transformer with a pre-allocated KV cache.
+
+Shapes: B = batch, T = new tokens in this call, S = all key positions (cache + new),
+C = n_embd, H = n_head, D = head_dim = C // H, V = vocab_size.
+
+Padding convention: `attention_mask` is 1/True for real tokens, 0/False for pads. Positions
+are counted over real tokens only, so a left-padded row gets the same positions (and the same
+logits) as the row on its own. Pad tokens are never attended to as keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    """Number of token ids (the action space size)."""
+    block_size: int = 64
+    """Maximum number of positions (prompt + response)."""
+    n_layer: int = 3
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block (must divide n_embd)."""
+    n_embd: int = 128
+    """Width of the residual stream."""
+    dropout: float = 0.0
+    """Dropout probability (only active in train mode)."""
+    bias: bool = True
+    """Use biases in Linear and LayerNorm layers."""
+    tie_embeddings: bool = True
+    """lm_head shares the token embedding weights."""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+class KVCache:
+    """Pre-allocated key/value cache: tensors k, v of shape (n_layer, B, n_head, max_len, head_dim)
+    plus key_mask (B, max_len) bool (True = real token) and `length` (int, positions filled).
+    Decoding writes into slices; never torch.cat per step."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
+                 dtype=torch.float32, device="cpu"):
+        self.max_len = config.block_size if max_len is None else max_len
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, self.max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_mask = torch.zeros(batch_size, self.max_len, dtype=torch.bool, device=device)
+        # Next position id per row = number of real tokens seen so far (pads don't count).
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def reset(self) -> None:
+        self.length = 0  # old k/v values are simply overwritten later
+        self.key_mask.zero_()
+        self.next_pos.zero_()
+
+    def select(self, index: torch.Tensor) -> None:
+        self.k, self.v = self.k[:, index], self.v[:, index]
+        self.key_mask, self.next_pos = self.key_mask[index], self.next_pos[index]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer, self.n_head, self.dropout = layer, config.n_head, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask, kv_cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        if kv_cache is not None:
+            # Write this chunk into its slot, then attend over everything filled so far.
+            L = kv_cache.length
+            kv_cache.k[self.layer, :, :, L:L + T] = k
+            kv_cache.v[self.layer, :, :, L:L + T] = v
+            k = kv_cache.k[self.layer, :, :, :L + T]  # (B, H, S, D)
+            v = kv_cache.v[self.layer, :, :, :L + T]  # (B, H, S, D)
+        y = F.scaled_dot_product_attention(  # (B, H, T, D)
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias),
+            nn.GELU(),
+            nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x, attn_mask, kv_cache=None):
+        x = x + self.attn(self.ln1(x), attn_mask, kv_cache)  # (B, T, C)
+        return x + self.mlp(self.ln2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # one tensor, two uses
+        self.apply(self._init_weights)
+        # nanoGPT: scale residual projections so the residual stream's variance stays O(1).
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() skips the tied duplicate
+
+    def trunk(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+        """Hidden states (B, T, C) after the final LayerNorm."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        dev = input_ids.device
+        mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                else attention_mask.to(dev).bool())  # (B, T)
+        L = 0 if kv_cache is None else kv_cache.length  # positions already in the cache
+        S = L + T
+        if kv_cache is not None:
+            if kv_cache.batch_size != B:
+                raise ValueError(f"KVCache batch size {kv_cache.batch_size} != input batch {B}")
+            if S > kv_cache.max_len:
+                raise ValueError(f"KVCache overflow: {L} filled + {T} new > max_len {kv_cache.max_len}")
+        if position_ids is None:
+            # Count real tokens only (left padding works); leading pads are clamped to 0.
+            start = 0 if kv_cache is None else kv_cache.next_pos[:, None]  # (B, 1)
+            position_ids = (start + mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        if int(position_ids.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(position_ids.max())} >= block_size "
+                             f"{self.config.block_size}; sequence too long for this model")
+
+        if kv_cache is None:
+            key_mask = mask  # (B, S) with S == T
+        else:
+            kv_cache.key_mask[:, L:S] = mask
+            key_mask = kv_cache.key_mask[:, :S]  # (B, S)
+            # next_pos = one past the largest position of any real token seen so far.
+            last = torch.where(mask, position_ids + 1, 0).max(1).values  # (B,)
+            kv_cache.next_pos = torch.maximum(kv_cache.next_pos, last)
+        q_idx = torch.arange(L, S, device=dev)[:, None]  # (T, 1) absolute query slots
+        k_idx = torch.arange(S, device=dev)[None, :]  # (1, S) absolute key slots
+        # Causal + key padding; the diagonal is always allowed so no row is fully masked (no NaN).
+        attn_mask = ((k_idx <= q_idx) & key_mask[:, None, :]) | (k_idx == q_idx)  # (B, T, S)
+        attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
+
+        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, attn_mask, kv_cache)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.length = S
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+        """Logits (B, T, V)."""
+        return self.lm_head(self.trunk(input_ids, attention_mask, position_ids, kv_cache))
+
+    def token_logprobs(self, input_ids, attention_mask=None, temperature: float = 1.0):
+        """(B, T-1): log p(input_ids[:, t] | input_ids[:, :t]) for t = 1..T-1 under
+        softmax(logits / temperature). Values at pad targets are meaningless; mask them."""
+        if temperature <= 0:
+            raise ValueError(f"token_logprobs needs temperature > 0, got {temperature}")
+        logits = self(input_ids, attention_mask)[:, :-1] / temperature  # (B, T-1, V)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B, T-1, V)
+        return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, prompt_mask, max_new_tokens: int, *, eos_id: int, pad_id: int,
+                 temperature=1.0, top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> dict:
+        """Sample up to max_new_tokens after LEFT-padded prompts, using one KV cache."""
+        B, Tp = prompt_ids.shape
+        mask = prompt_mask.bool()  # (B, Tp)
+        if not bool(mask[:, -1].all()):
+            raise ValueError("generate needs LEFT-padded prompts with >= 1 real token per row")
+        if int(mask.sum(1).max()) + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt length + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"block_size {self.config.block_size}")
+        dev = prompt_ids.device
+        ids = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        alive_mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
+        logprobs = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
+        if max_new_tokens == 0:
+            return {"response_ids": ids, "response_mask": alive_mask, "logprobs": logprobs}
+
+        dtype = next(self.parameters()).dtype
+        cache = KVCache(self.config, B, Tp + max_new_tokens, dtype=dtype, device=dev)
+        logits = self(prompt_ids, mask, kv_cache=cache)[:, -1]  # (B, V) last slot is real
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        n = 0
+        for step in range(max_new_tokens):
+            tok, lp = sample_from_logits(logits, temperature, top_k, top_p, generator)  # (B,)
+            alive = ~done  # rows still generating when this token was sampled
+            ids[:, step] = torch.where(alive, tok, pad_id)
+            logprobs[:, step] = torch.where(alive, lp, 0.0)
+            alive_mask[:, step] = alive
+            n = step + 1
+            done = done | (alive & (tok == eos_id))
+            if bool(done.all()) or n == max_new_tokens:
+                break
+            # Finished rows feed a pad with mask 0: it is never attended to and adds no position.
+            logits = self(ids[:, step:step + 1], alive[:, None], kv_cache=cache)[:, -1]  # (B, V)
+        return {"response_ids": ids[:, :n], "response_mask": alive_mask[:, :n],
+                "logprobs": logprobs[:, :n]}
+
+    def save(self, directory, name: str) -> None:
+        """Write directory/name.safetensors and directory/name.json, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            tensors.pop("lm_head.weight")  # same storage as tok_emb.weight; save one copy
+        _atomic_write(directory / f"{name}.safetensors", lambda p: save_file(tensors, p))
+        text = json.dumps(asdict(self.config), indent=2)
+        _atomic_write(directory / f"{name}.json", lambda p: Path(p).write_text(text))
+
+    @classmethod
+    def load(cls, directory, name: str, map_location="cpu") -> GPT:
+        """Read a model written by save(). Uses only json + safetensors (never pickle)."""
+        cfg_path = Path(directory) / f"{name}.json"
+        w_path = Path(directory) / f"{name}.safetensors"
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"model file not found: {p}")
+        try:
+            raw = json.loads(cfg_path.read_text())
+            known = {f.name for f in fields(GPTConfig)}
+            unknown = set(raw) - known
+            if unknown:
+                raise ValueError(f"unknown config fields {sorted(unknown)}")
+            config = GPTConfig(**raw)
+        except (ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is ValueError
+            raise ValueError(f"could not parse model config {cfg_path}: {e}") from e
+        try:
+            tensors = load_file(str(w_path), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error type on corrupt files
+            raise ValueError(f"could not read weights file {w_path}: {e}") from e
+
+        model = cls(config).to(map_location)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        if config.tie_embeddings:
+            expected.pop("lm_head.weight")
+        for key, shape in expected.items():
+            if key not in tensors:
+                raise ValueError(f"{w_path}: missing tensor '{key}' (expected shape "
+                                 f"{tuple(shape)}) for config {cfg_path}")
+            if tensors[key].shape != shape:
+                raise ValueError(f"{w_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}"
+                                 f", expected {tuple(shape)} from config {cfg_path}")
+        extra = sorted(set(tensors) - set(expected))
+        if extra:
+            raise ValueError(f"{w_path}: unexpected tensor '{extra[0]}' (shape "
+                             f"{tuple(tensors[extra[0]].shape)}) not in config {cfg_path}")
+        model.load_state_dict(tensors, strict=False)  # only the tied lm_head.weight is absent
+        return model.eval()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) on a temp file in path's directory, then os.replace it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def sample_from_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> (tokens (B,), logprob of each token under the filtered distribution (B,)).
+    Order: temperature, then top-k, then top-p (nucleus). temperature 0 => greedy, logprob 0."""
+    logits = logits.float()
+    if temperature == 0:
+        tokens = logits.argmax(-1)  # (B,)
+        return tokens, torch.zeros(tokens.shape, device=logits.device)
+    logits = logits / temperature  # (B, V)
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)  # (B, V)
+        # Drop a token if the tokens before it already reach top_p: this keeps the smallest
+        # prefix whose mass is >= top_p (the top token is always kept).
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p  # (B, V)
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocab order
+        logits = logits.masked_fill(drop, float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)  # (B, V), -inf for filtered tokens
+    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
