@@ -286,7 +286,11 @@ class ReviewsTask:
         n = ins.n_sentences
         if rng.random() < self.demo_noise.wrong_length:
             n = int(np.clip(n + rng.choice([-1, 1]), 1, 4))
-        return self._response(ins, n, rng, self.demo_noise)
+        response = self._response(ins, n, rng, self.demo_noise)
+        while len(response.split()) > self.max_response_tokens:  # labelers respect the limit
+            sentences = response.removesuffix(f" {EOS_WORD}").split(" . ")
+            response = " . ".join(sentences[:-1]) + f" . {EOS_WORD}"
+        return response
 
     def corpus(self, n: int, rng: np.random.Generator) -> list[str]:
         """Unconditioned reviews of mixed topic and sentiment: `review of the T : ... <eos>`."""

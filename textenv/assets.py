@@ -1,0 +1,69 @@
+"""The default assets shipped in `textenv/assets/` and how to load them.
+
+    tokenizer.json                 the reviews task's word-level tokenizer
+    base.safetensors / base.json   the pretrained base LM
+    sft.safetensors / sft.json     the SFT policy (also the frozen reference policy)
+    reward.safetensors / .json     the default learned reward model
+    quality.json                   measured quality of this build
+    build_config.json              the config that produced them
+
+They are written by `scripts/build_assets.py` (see the README to rebuild). Loading reads
+safetensors and JSON only: it never executes code. A missing or corrupt file raises an
+error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from textenv.model import GPT
+from textenv.tokenizer import WordTokenizer
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def _check(directory: Path, *names: str) -> None:
+    for name in names:
+        if not (directory / name).exists():
+            raise FileNotFoundError(
+                f"asset file not found: {directory / name} "
+                f"(rebuild the default assets with `python scripts/build_assets.py`)")
+
+
+def load_tokenizer(directory: str | Path = ASSETS_DIR) -> WordTokenizer:
+    directory = Path(directory)
+    _check(directory, "tokenizer.json")
+    return WordTokenizer.load(directory / "tokenizer.json")
+
+
+def load_policy(name: str = "sft", directory: str | Path = ASSETS_DIR,
+                tokenizer: WordTokenizer | None = None) -> GPT:
+    """Load a shipped LM (`"sft"` or `"base"`) and check it matches the tokenizer."""
+    directory = Path(directory)
+    _check(directory, f"{name}.json", f"{name}.safetensors")
+    model = GPT.load(directory, name)
+    tokenizer = tokenizer or load_tokenizer(directory)
+    check_vocab(model.config.vocab_size, tokenizer, directory / f"{name}.json")
+    return model
+
+
+def check_vocab(model_vocab: int, tokenizer: WordTokenizer, where: Path | str) -> None:
+    if model_vocab != tokenizer.vocab_size:
+        raise ValueError(f"tokenizer/model vocab mismatch: {where} has vocab_size "
+                         f"{model_vocab}, the tokenizer has {tokenizer.vocab_size} tokens")
+
+
+def read_quality(directory: str | Path = ASSETS_DIR) -> dict:
+    directory = Path(directory)
+    _check(directory, "quality.json")
+    return json.loads((directory / "quality.json").read_text())
+
+
+@lru_cache(maxsize=4)
+def cached_default(name: str) -> GPT:
+    """Shared read-only copy of a shipped model (envs reuse it instead of reloading)."""
+    model = load_policy(name)
+    model.requires_grad_(False)
+    return model

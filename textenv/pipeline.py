@@ -1,0 +1,144 @@
+"""The first half of the InstructGPT pipeline: corpus -> base LM -> SFT policy.
+
+Each stage is a function with a config dataclass (field docstrings are the scripts'
+`--help`). `scripts/build_assets.py` runs them in order with one seed; the reward-model
+stage lives in `reward_models.pipeline`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from textenv.lm import (
+    encode_prompt,
+    generate_text,
+    make_pretrain_batch,
+    make_sft_batch,
+    perplexity,
+    train_lm,
+)
+from textenv.model import GPT, GPTConfig
+from textenv.tasks import Task
+from textenv.tokenizer import WordTokenizer
+
+
+def default_model_config(vocab_size: int) -> GPTConfig:
+    """The default tiny GPT: 3 layers, 4 heads, 128 wide (about 0.6M parameters)."""
+    return GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=3, n_head=4, n_embd=128)
+
+
+@dataclass
+class PretrainConfig:
+    corpus_docs: int = 30000
+    """Number of synthetic pretraining documents."""
+    val_docs: int = 2000
+    """Held-out documents for the validation perplexity."""
+    steps: int = 1200
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Documents per step."""
+    lr: float = 3e-3
+    """Peak learning rate (AdamW, warm-up then cosine)."""
+    n_layer: int = 3
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads."""
+    n_embd: int = 128
+    """Width of the residual stream."""
+    block_size: int = 64
+    """Longest sequence (prompt + response) the model accepts."""
+
+
+@dataclass
+class SFTConfig:
+    demos: int = 20000
+    """Number of (imperfect) demonstrations to fine-tune on."""
+    steps: int = 600
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Demonstrations per step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+
+
+@dataclass
+class PolicyEvalConfig:
+    prompts: int = 512
+    """Held-out prompts to sample (one response each)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    seed: int = 1234
+    """Seed for prompts and sampling (fixed so numbers are comparable across builds)."""
+
+
+@dataclass
+class PipelineStats:
+    values: dict = field(default_factory=dict)
+
+
+def build_tokenizer(task: Task) -> WordTokenizer:
+    return WordTokenizer(task.vocabulary())
+
+
+def pretrain(task: Task, tokenizer: WordTokenizer, cfg: PretrainConfig, seed: int
+             ) -> tuple[GPT, dict]:
+    """Train a base LM on the task's unconditioned corpus; returns it and its stats."""
+    rng = np.random.default_rng(seed)
+    encode = lambda doc: [tokenizer.bos_id] + tokenizer.encode(doc)
+    train_docs = [encode(d) for d in task.corpus(cfg.corpus_docs, rng)]
+    val_docs = [encode(d) for d in task.corpus(cfg.val_docs, np.random.default_rng(seed + 999))]
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+
+    def sample(r: np.random.Generator):
+        idx = r.integers(len(train_docs), size=cfg.batch_size)
+        return make_pretrain_batch([train_docs[i] for i in idx], tokenizer.pad_id)
+
+    t0 = time.perf_counter()
+    losses = train_lm(model, sample, steps=cfg.steps, lr=cfg.lr, seed=seed, desc="pretrain")
+    stats = {"base_val_perplexity": perplexity(model, val_docs, tokenizer.pad_id),
+             "base_final_train_loss": float(np.mean(losses[-50:])),
+             "base_params": model.num_params(),
+             "pretrain_seconds": time.perf_counter() - t0}
+    return model, stats
+
+
+def supervised_finetune(base: GPT, task: Task, tokenizer: WordTokenizer, cfg: SFTConfig,
+                        seed: int) -> tuple[GPT, dict]:
+    """Fine-tune a copy of `base` on demonstrations, with the loss on response tokens only."""
+    rng = np.random.default_rng(seed)
+    prompts = [task.sample_prompt(rng, "train") for _ in range(cfg.demos)]
+    demos = [(encode_prompt(tokenizer, p), tokenizer.encode(task.demonstration(p, rng)))
+             for p in prompts]
+    model = GPT(base.config)
+    model.load_state_dict(base.state_dict())
+
+    def sample(r: np.random.Generator):
+        idx = r.integers(len(demos), size=cfg.batch_size)
+        return make_sft_batch([demos[i][0] for i in idx], [demos[i][1] for i in idx],
+                              tokenizer.pad_id)
+
+    t0 = time.perf_counter()
+    losses = train_lm(model, sample, steps=cfg.steps, lr=cfg.lr, seed=seed, desc="sft")
+    return model, {"sft_final_train_loss": float(np.mean(losses[-50:])),
+                   "sft_seconds": time.perf_counter() - t0}
+
+
+def evaluate_policy(model: GPT, task: Task, tokenizer: WordTokenizer, cfg: PolicyEvalConfig,
+                    max_new_tokens: int | None = None) -> dict:
+    """Mean gold score and EOS rate of samples on held-out prompts."""
+    prompts = task.eval_prompts(cfg.prompts, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    responses = generate_text(model, tokenizer, prompts,
+                              max_new_tokens=max_new_tokens or task.max_response_tokens,
+                              temperature=cfg.temperature, generator=gen)
+    gold = [task.gold_score(p, r) for p, r in zip(prompts, responses)]
+    return {"gold_mean": float(np.mean(gold)),
+            "eos_rate": float(np.mean([r.endswith("<eos>") for r in responses])),
+            "mean_length": float(np.mean([len(r.split()) for r in responses])),
+            "prompts": prompts, "responses": responses, "gold": gold}
