@@ -26,7 +26,7 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m textenv.cli demo
+	$(PY) scripts/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,26 @@
+"""RL agents for TextGen-v0: one readable file per algorithm over a small shared core.
+
+    agents/core.py       GAE, masked whitening, KL controllers/estimators, clipped losses
+    agents/rollout.py    rollouts through the vector env; log-probs in one forward
+    agents/common.py     the shared outer loop: logging, evaluation, checkpoints, resume
+    agents/ppo.py        LM-PPO (actor-critic, KL-shaped per-token rewards, GAE)
+    agents/reinforce.py  REINFORCE with a moving-average baseline
+    agents/rloo.py       REINFORCE leave-one-out
+    agents/grpo.py       group-relative policy optimisation
+    agents/best_of_n.py  best-of-n sampling (no training)
+    agents/sb3.py        stable-baselines3 bridge (features extractor) and its runner
+
+`ALGORITHMS[name] = (ConfigClass, train)`; `train(config)` returns a dict with the final
+evaluation ("final"), the per-iteration metrics ("history") and samples.
+"""
+
+from agents import best_of_n, grpo, ppo, reinforce, rloo, sb3
+
+ALGORITHMS = {
+    "ppo": (ppo.PPOConfig, ppo.train),
+    "reinforce": (reinforce.ReinforceConfig, reinforce.train),
+    "rloo": (rloo.RLOOConfig, rloo.train),
+    "grpo": (grpo.GRPOConfig, grpo.train),
+    "best-of-n": (best_of_n.BestOfNConfig, best_of_n.train),
+    "sb3-ppo": (sb3.SB3Config, sb3.train),
+}

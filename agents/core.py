@@ -450,3 +450,13 @@ class RunningMeanStd:
         self.mean = torch.as_tensor(d["mean"], dtype=torch.float64).clone()
         self.var = torch.as_tensor(d["var"], dtype=torch.float64).clone()
         self.count = float(d["count"])
+
+
+def sequence_policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    """REINFORCE-family loss with one advantage per response.
+
+    logp (B, T) log-probs of the sampled tokens (with grad), advantages (B,), mask (B, T).
+    -> - mean over responses of advantage * sum_t logp_t  (the score-function estimator).
+    """
+    seq_logp = (logp * mask).sum(1)  # (B,)
+    return -(advantages.detach() * seq_logp).mean()

@@ -1,0 +1,206 @@
+"""stable-baselines3 on TextGen-v0: a features extractor that reads token ids.
+
+SB3's `PPO`, `A2C` and sb3-contrib's `MaskablePPO` train on `gym.make("TextGen-v0")`
+as they are; all they need is a features extractor that turns the int64 token-id
+observation into a vector. `TokenFeaturesExtractor` runs a tiny GPT trunk over the tokens
+and returns the hidden state at the last real token, which is exactly what an LM head
+reads to predict the next token.
+
+    from stable_baselines3 import PPO
+    from agents.sb3 import lm_policy_kwargs, init_action_head_from_lm
+    model = PPO("MlpPolicy", env, policy_kwargs=lm_policy_kwargs())
+    init_action_head_from_lm(model)   # start from the SFT policy, not from scratch
+
+With `pretrained=True` (default) the trunk is the shipped SFT policy's and
+`init_action_head_from_lm` copies its LM head into SB3's action head, so SB3 starts from
+the SFT policy. With `pretrained=False` the trunk is a freshly initialised tiny GPT.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+import textenv  # noqa: F401  (registers TextGen-v0)
+from agents.common import RunConfig
+from textenv.assets import ASSETS_DIR, load_policy
+from textenv.model import GPT, GPTConfig
+
+
+class TokenFeaturesExtractor(BaseFeaturesExtractor):
+    """Token ids (B, L) right-padded with `pad_id` -> GPT hidden state at the last real token.
+
+    Accepts the env's `Box` observation (SB3 hands it over as float: ids are small integers,
+    exact in float32) or its `Dict` observation with `input_ids` and `attention_mask`.
+    """
+
+    def __init__(self, observation_space: gym.Space, pretrained: bool = True,
+                 assets_dir: str = str(ASSETS_DIR), pad_id: int = 0,
+                 config: GPTConfig | None = None):
+        if pretrained:
+            trunk = load_policy("sft", assets_dir)  # a private copy: SB3 trains it
+        else:
+            trunk = GPT(config or GPTConfig())
+        super().__init__(observation_space, features_dim=trunk.config.n_embd)
+        self.gpt = trunk.requires_grad_(True)
+        self.pad_id = pad_id
+
+    def forward(self, observations) -> torch.Tensor:
+        if isinstance(observations, dict):
+            ids = observations["input_ids"].long()  # (B, L)
+            mask = observations["attention_mask"].bool()  # (B, L)
+        else:
+            ids = observations.long()  # (B, L)
+            mask = ids != self.pad_id  # (B, L)
+        hidden = self.gpt.trunk(ids, mask)  # (B, L, C)
+        last = (mask.long().sum(1) - 1).clamp(min=0)  # (B,) index of the last real token
+        return hidden[torch.arange(ids.shape[0]), last]  # (B, C)
+
+
+def lm_policy_kwargs(pretrained: bool = True, assets_dir: str = str(ASSETS_DIR),
+                     value_hidden: int = 64) -> dict:
+    """`policy_kwargs` for SB3's `ActorCriticPolicy` (PPO, A2C) or `MaskableActorCriticPolicy`.
+
+    - the action head reads the features directly (`pi=[]`), like an LM head;
+    - the critic gets one small hidden layer;
+    - `ortho_init=False`: SB3's orthogonal re-initialisation would wipe the pretrained trunk.
+    """
+    return {
+        "features_extractor_class": TokenFeaturesExtractor,
+        "features_extractor_kwargs": {"pretrained": pretrained, "assets_dir": assets_dir},
+        "net_arch": {"pi": [], "vf": [value_hidden]},
+        "ortho_init": False,
+    }
+
+
+def init_action_head_from_lm(model) -> None:
+    """Copy the trunk's own LM head into SB3's action head: the SB3 agent then starts as the
+    SFT policy (same next-token distribution), as every other agent in textenv does.
+
+    The action head's bias is zeroed and frozen, so the head stays an LM head
+    (`policy_as_gpt` turns the trained SB3 policy back into a GPT for evaluation).
+    """
+    policy = model.policy
+    lm: GPT = policy.features_extractor.gpt
+    with torch.no_grad():
+        policy.action_net.weight.copy_(lm.lm_head.weight)
+        policy.action_net.bias.zero_()
+    policy.action_net.bias.requires_grad_(False)
+
+
+def policy_as_gpt(model) -> GPT:
+    """The SB3 policy's next-token distribution as a stand-alone GPT (untied LM head =
+    SB3's action head), so textenv's KV-cache rollouts and evaluation apply to it."""
+    policy = model.policy
+    trunk: GPT = policy.features_extractor.gpt
+    gpt = GPT(replace(trunk.config, tie_embeddings=False))
+    state = {k: v for k, v in trunk.state_dict().items() if k != "lm_head.weight"}
+    state["lm_head.weight"] = policy.action_net.weight.detach().clone()
+    gpt.load_state_dict(state)
+    return gpt.eval().requires_grad_(False)
+
+
+@dataclass
+class SB3Config(RunConfig):
+    run_dir: str = "runs/sb3_ppo"
+    """Where SB3's CSV/TensorBoard logs and final_eval.json go."""
+    algo: str = "ppo"
+    """SB3 algorithm: "ppo", "a2c" or "maskable_ppo" (sb3-contrib)."""
+    n_envs: int = 8
+    """SB3 DummyVecEnv copies of the single env (SB3 does its own vectorisation)."""
+    n_steps: int = 128
+    """Env steps per env per rollout."""
+    learning_rate: float = 1e-5
+    """Adam learning rate (small: the policy starts as the SFT LM)."""
+    batch_size: int = 256
+    """PPO minibatch size."""
+    n_epochs: int = 4
+    """PPO epochs per rollout."""
+    kl_coef: float = 0.05
+    """Env-side shaping kl_coef * log pi_ref(a|s) (with an entropy bonus of the same size
+    this is the KL-regularised objective)."""
+    pretrained: bool = True
+    """Start from the SFT policy (trunk + LM head); else from a random tiny GPT."""
+
+
+class _EpisodeLog(BaseCallback):
+    """Collects gold and learned scores of finished episodes into per-rollout rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[dict] = []
+        self._gold: list[float] = []
+        self._score: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"]):
+            if done and "gold_score" in info:
+                self._gold.append(info["gold_score"])
+                self._score.append(info["reward_model_score"])
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._gold:
+            self.rows.append({"iteration": len(self.rows) + 1,
+                              "charts/env_steps": self.num_timesteps,
+                              "env/gold_mean": float(np.mean(self._gold)),
+                              "env/reward_mean": float(np.mean(self._score))})
+            self.logger.record("env/gold_mean", float(np.mean(self._gold)))
+            self.logger.record("env/reward_mean", float(np.mean(self._score)))
+        self._gold, self._score = [], []
+
+
+def train(cfg: SB3Config) -> dict:
+    """Train an SB3 agent on TextGen-v0 and evaluate it like every other textenv agent."""
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import configure
+
+    from agents.common import evaluate, setup
+
+    s = setup(cfg)  # reference, eval envs, seeds
+    env_kwargs = {"reward": cfg.reward, "max_new_tokens": cfg.max_new_tokens,
+                  "kl_coef": cfg.kl_coef, "assets_dir": cfg.assets_dir,
+                  "action_mask": "top_k" if cfg.algo == "maskable_ppo" else None}
+    venv = make_vec_env("TextGen-v0", n_envs=cfg.n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
+    common = {"policy_kwargs": lm_policy_kwargs(cfg.pretrained, cfg.assets_dir),
+              "learning_rate": cfg.learning_rate, "n_steps": cfg.n_steps, "gamma": 1.0,
+              "ent_coef": cfg.kl_coef, "seed": cfg.seed, "verbose": 0}
+    if cfg.algo == "ppo":
+        model = PPO("MlpPolicy", venv, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+                    gae_lambda=0.95, **common)
+    elif cfg.algo == "a2c":
+        model = A2C("MlpPolicy", venv, **common)
+    elif cfg.algo == "maskable_ppo":
+        from sb3_contrib import MaskablePPO
+
+        model = MaskablePPO("MlpPolicy", venv, batch_size=cfg.batch_size,
+                            n_epochs=cfg.n_epochs, **common)
+    else:
+        raise ValueError(f"unknown SB3 algo {cfg.algo!r}; valid: 'ppo', 'a2c', 'maskable_ppo'")
+    if cfg.pretrained:
+        init_action_head_from_lm(model)
+    run_dir = Path(cfg.run_dir)
+    formats = ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]
+    model.set_logger(configure(str(run_dir), formats))
+    log = _EpisodeLog()
+    t0 = time.perf_counter()
+    model.learn(cfg.total_env_steps, callback=log, progress_bar=False)
+    wall = time.perf_counter() - t0
+    prompts = s.task.eval_prompts(max(cfg.eval_prompts, cfg.num_envs), seed=cfg.seed + 100)
+    final = evaluate(policy_as_gpt(model), s.reference, s.envs, prompts,
+                     max_new_tokens=cfg.max_new_tokens, temperature=1.0,
+                     pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
+    samples = final.pop("samples")
+    final.update({"charts/env_steps": model.num_timesteps, "charts/wall_clock": wall})
+    (run_dir / "final_eval.json").write_text(json.dumps(final, indent=1))
+    return {"final": final, "samples": samples, "history": log.rows, "run_dir": str(run_dir),
+            "interrupted": False, "model": model}

@@ -1,0 +1,156 @@
+"""Agents: the algorithm-specific math, a tiny-budget run of every algorithm, and resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents import ALGORITHMS
+from agents.best_of_n import analytic_kl
+from agents.core import kl_k1, sequence_policy_gradient_loss
+from agents.grpo import group_advantages
+from agents.ppo import ActorCritic, per_token_rewards
+from agents.rloo import leave_one_out_advantages
+from textenv.assets import ASSETS_DIR
+from textenv.model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_assets = pytest.mark.skipif(not (ASSETS_DIR / "sft.safetensors").exists(),
+                                  reason="shipped assets not built")
+TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_prompts": 8, "eval_every": 1,
+        "threads": 1, "progress": False, "tensorboard": False, "total_env_steps": 2 * 8 * 24}
+
+
+def test_per_token_rewards_put_score_on_last_real_token():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]])
+    logp_ref = torch.tensor([[-1.5, -2.0, -2.0], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    scores = torch.tensor([2.0, -1.0])
+    rewards, kl = per_token_rewards(scores, logp, logp_ref, mask, beta=0.1, estimator="k1")
+    expected = torch.tensor([[-0.05, 0.0, 0.1 + 2.0], [-0.1, -1.0, 0.0]])
+    assert torch.allclose(rewards, expected)
+    assert torch.allclose(kl, kl_k1(logp, logp_ref) * mask)
+
+
+def test_leave_one_out_and_group_advantages_by_hand():
+    r = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0])  # two groups of 3
+    # group 1: 1 - (2+3)/2 = -1.5, 2 - 2 = 0, 3 - 1.5 = 1.5 ; group 2: -2, -2, 4
+    assert torch.allclose(leave_one_out_advantages(r, 3),
+                          torch.tensor([-1.5, 0.0, 1.5, -2.0, -2.0, 4.0]))
+    g = group_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), 2)
+    s = torch.tensor([1.0, 3.0]).std().item()  # sample std of a pair differing by 2
+    assert torch.allclose(g, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]), atol=1e-3)
+
+
+def test_sequence_policy_gradient_loss_is_minus_advantage_times_logprob():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss = sequence_policy_gradient_loss(logp, torch.tensor([2.0, -1.0]), mask)
+    assert loss.item() == pytest.approx(-(2.0 * -3.0 + -1.0 * -0.5) / 2)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-1.0, -1.0], [0.5, 0.0]]))
+
+
+def test_best_of_n_analytic_kl():
+    assert analytic_kl(1) == 0.0
+    assert analytic_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_actor_critic_value_head_starts_at_zero_and_policy_equals_sft():
+    torch.manual_seed(0)
+    sft = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    ac = ActorCritic(sft, separate_critic=True)
+    ids = torch.randint(0, 20, (3, 7))
+    logits, values = ac(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert torch.equal(values, torch.zeros(3, 7))
+    assert torch.allclose(logits, sft(ids))
+    action, logp, ent, value = ac.get_action_and_value(ids, torch.ones_like(ids))
+    assert action.shape == logp.shape == ent.shape == value.shape == (3,)
+
+
+@needs_assets
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
+    cls, train = ALGORITHMS[algo]
+    extra = {"n": 4} if algo == "best-of-n" else {}
+    if algo == "sb3-ppo":
+        extra = {"n_envs": 2, "n_steps": 16, "batch_size": 16, "n_epochs": 1,
+                 "total_env_steps": 64}
+    cfg = replace(cls(), run_dir=str(tmp_path / algo), **{**TINY, **extra})
+    result = train(cfg)
+    final = result["final"]
+    assert 0.0 <= final["eval/gold_mean"] <= 1.0
+    assert math.isfinite(final["eval/reward_mean"]) and math.isfinite(final["eval/kl"])
+    assert (tmp_path / algo / "final_eval.json").exists()
+    if algo not in ("best-of-n", "sb3-ppo"):
+        assert len(result["history"]) == 2
+        assert (tmp_path / algo / "metrics.csv").exists()
+        assert (tmp_path / algo / "checkpoint" / "model.safetensors").exists()
+
+
+def _ppo_cmd(run_dir, extra=()):
+    args = [f"--run-dir={run_dir}", "--num-envs=8", "--max-new-tokens=24", "--eval-every=0",
+            "--eval-prompts=8", "--threads=1", "--no-progress", "--no-tensorboard",
+            "--checkpoint-every=1", f"--total-env-steps={4 * 8 * 24}", *extra]
+    return [sys.executable, str(ROOT / "scripts" / "train_ppo.py"), *args]
+
+
+def _metrics(run_dir):
+    import csv
+
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return {int(float(r["iteration"])): r for r in csv.DictReader(f)}
+
+
+@needs_assets
+def test_ctrl_c_saves_and_resume_gives_the_same_next_iteration(tmp_path):
+    """Uninterrupted run vs. a run stopped by SIGINT and resumed: same metrics after."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = tmp_path / "full"
+    subprocess.run(_ppo_cmd(full), check=True, env=env, capture_output=True, timeout=300)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_ppo_cmd(cut), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (cut / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    state = json.loads((cut / "checkpoint" / "state.json").read_text())
+    stopped = state["iteration"]
+    assert "interrupted: checkpoint saved" in out or stopped == 4
+    subprocess.run(_ppo_cmd(cut, ["--resume"]), check=True, env=env, capture_output=True,
+                   timeout=300)
+    a, b = _metrics(full), _metrics(cut)
+    assert sorted(b) == [1, 2, 3, 4]
+    for it in range(1, 5):
+        for key in ("env/gold_mean", "env/reward_mean", "objective/kl", "losses/policy_loss",
+                    "losses/value_loss", "objective/kl_coef"):
+            assert float(a[it][key]) == pytest.approx(float(b[it][key]), abs=1e-6), (it, key)
+
+
+@needs_assets
+def test_non_finite_loss_stops_and_names_the_iteration(tmp_path, monkeypatch):
+    import agents.ppo as ppo
+
+    real = ppo.policy_loss_clipped
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(ppo, "policy_loss_clipped", poisoned)
+    cfg = replace(ppo.PPOConfig(), run_dir=str(tmp_path / "nan"), **TINY)
+    with pytest.raises(RuntimeError, match="iteration 1"):
+        ppo.train(cfg)
+    assert not (tmp_path / "nan" / "checkpoint" / "state.json").exists()
