@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import tempfile
@@ -250,37 +249,36 @@ class Run:
     optimizer: torch.optim.Optimizer | None
     envs: object
     pad_id: int
-    iteration: Callable[[int, int], dict]  # (iteration, num_iterations) -> metrics
-    env_steps_per_iteration: int  # upper bound, to turn the budget into iterations
+    iteration: Callable[[int, float], dict]  # (iteration, fraction of budget used) -> metrics
     get_state: Callable[[], dict] = dict  # algorithm state for checkpoints (JSON-able)
     set_state: Callable[[dict], None] = lambda state: None
     generator: torch.Generator | None = None
 
 
 def run_loop(run: Run, name: str) -> dict:
-    """The outer loop every algorithm shares: iterations, logging, evaluation,
-    checkpoints (atomic), `--resume`, and Ctrl-C (finish the iteration, save, exit)."""
+    """The outer loop every algorithm shares: iterations until the env-step budget is
+    spent, logging, evaluation, checkpoints (atomic), `--resume`, and Ctrl-C (finish the
+    iteration, save a checkpoint, exit cleanly)."""
     cfg = run.cfg
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoint"
-    num_iterations = max(1, math.ceil(cfg.total_env_steps / run.env_steps_per_iteration))
-    start_iter, env_steps = 1, 0
+    iteration, env_steps = 0, 0
     if cfg.resume:
         state = load_checkpoint(ckpt_dir, run.modules, run.optimizer, run.generator)
-        start_iter, env_steps = state["iteration"] + 1, state["env_steps"]
+        iteration, env_steps = state["iteration"], state["env_steps"]
         run.set_state(state["algorithm"])
     logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, resume=cfg.resume)
-    logger.rows = [r for r in logger.rows if r["iteration"] < start_iter]
+    logger.rows = [r for r in logger.rows if r["iteration"] <= iteration]
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
-    task_eval_prompts = make_task("reviews").eval_prompts(max(cfg.eval_prompts, cfg.num_envs),
-                                                          seed=cfg.seed + 100)
+    eval_prompts = make_task("reviews").eval_prompts(max(cfg.eval_prompts, cfg.num_envs),
+                                                     seed=cfg.seed + 100)
 
     def run_eval() -> dict:
-        return evaluate(run.policy, run.reference, run.envs, task_eval_prompts,
+        return evaluate(run.policy, run.reference, run.envs, eval_prompts,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         pad_id=run.pad_id, seed=cfg.seed + 200)
 
-    def checkpoint(iteration: int) -> None:
+    def checkpoint() -> None:
         save_checkpoint(ckpt_dir, run.modules, run.optimizer,
                         {"iteration": iteration, "env_steps": env_steps,
                          "algorithm": run.get_state(), "name": name}, run.generator)
@@ -293,13 +291,15 @@ def run_loop(run: Run, name: str) -> dict:
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
     t_start = time.perf_counter()
-    bar = tqdm(range(start_iter, num_iterations + 1), desc=name, disable=not cfg.progress,
-               initial=start_iter - 1, total=num_iterations)
-    iteration = start_iter - 1
+    bar = tqdm(total=cfg.total_env_steps, initial=env_steps, desc=name, unit="tok",
+               disable=not cfg.progress)
     try:
-        for iteration in bar:
-            metrics = run.iteration(iteration, num_iterations)
-            env_steps += int(metrics.pop("charts/env_steps_iter"))
+        while env_steps < cfg.total_env_steps:
+            iteration += 1
+            metrics = run.iteration(iteration, env_steps / cfg.total_env_steps)
+            steps = int(metrics.pop("charts/env_steps_iter"))
+            env_steps += steps
+            bar.update(steps)
             metrics["charts/env_steps"] = env_steps
             metrics["charts/wall_clock"] = time.perf_counter() - t_start
             if cfg.eval_every and iteration % cfg.eval_every == 0:
@@ -308,13 +308,14 @@ def run_loop(run: Run, name: str) -> dict:
             bar.set_postfix(gold=f"{metrics.get('env/gold_mean', float('nan')):.3f}",
                             reward=f"{metrics.get('env/reward_mean', float('nan')):.2f}",
                             kl=f"{metrics.get('objective/kl', float('nan')):.2f}")
-            if interrupted or iteration % cfg.checkpoint_every == 0 \
-                    or iteration == num_iterations:
-                checkpoint(iteration)
+            if (interrupted or iteration % cfg.checkpoint_every == 0
+                    or env_steps >= cfg.total_env_steps):
+                checkpoint()
             if interrupted:
                 print(f"\ninterrupted: checkpoint saved at iteration {iteration} in {ckpt_dir}")
                 break
     finally:
+        bar.close()
         signal.signal(signal.SIGINT, old_handler)
         logger.close()
     final = run_eval()

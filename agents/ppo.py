@@ -84,7 +84,7 @@ class PPOConfig(RunConfig):
     kl_estimator: str = "k1"
     """Per-token KL estimator in the reward: "k1" (logp - logp_ref) or "k3"."""
     # --- PPO -----------------------------------------------------------------------------
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     """Adam learning rate (policy and value head)."""
     anneal_lr: bool = True
     """Linearly anneal the learning rate to 0 over the budget."""
@@ -176,8 +176,8 @@ def train(cfg: PPOConfig) -> dict:
         corpus = s.task.corpus(5000, np.random.default_rng(cfg.seed + 7))
         ptx_docs = [[s.tokenizer.bos_id] + s.tokenizer.encode(d) for d in corpus]
 
-    def iteration(it: int, num_iterations: int) -> dict:
-        return ppo_iteration(agent, optimizer, kl_ctl, s, cfg, it, num_iterations, ptx_docs)
+    def iteration(it: int, progress: float) -> dict:
+        return ppo_iteration(agent, optimizer, kl_ctl, s, cfg, it, progress, ptx_docs)
 
     def get_state() -> dict:
         return {"kl_ctl": kl_ctl.state_dict(), **rng_states(s)}
@@ -187,19 +187,18 @@ def train(cfg: PPOConfig) -> dict:
         set_rng_states(s, state)
 
     result = run_loop(Run(cfg, agent.lm, s.reference, {"agent": agent}, optimizer, s.envs,
-                          s.tokenizer.pad_id, iteration, cfg.num_envs * cfg.max_new_tokens,
+                          s.tokenizer.pad_id, iteration,
                           get_state, set_state, s.generator), "ppo")
     result["agent"] = agent
     return result
 
 
 def ppo_iteration(agent: ActorCritic, optimizer, kl_ctl, s: Setup, cfg: PPOConfig,
-                  iteration: int, num_iterations: int, ptx_docs) -> dict:
+                  iteration: int, progress: float, ptx_docs) -> dict:
     """One rollout + one PPO update. Returns this iteration's metrics."""
     timing = {}
     if cfg.anneal_lr:
-        frac = 1.0 - (iteration - 1) / num_iterations
-        optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+        optimizer.param_groups[0]["lr"] = (1.0 - progress) * cfg.learning_rate
 
     # 1. rollout: the policy decodes on its KV cache; the env scores finished responses.
     ro: Rollout = collect_rollout(s.envs, agent.lm, s.sample_prompts(cfg.num_envs),

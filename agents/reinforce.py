@@ -54,7 +54,7 @@ def train(cfg: ReinforceConfig) -> dict:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     baseline = {"value": None}
 
-    def iteration(it: int, num_iterations: int) -> dict:
+    def iteration(it: int, progress: float) -> dict:
         ro = collect_rollout(s.envs, policy, s.sample_prompts(cfg.num_envs),
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                              generator=s.generator, pad_id=s.tokenizer.pad_id)
@@ -79,7 +79,7 @@ def train(cfg: ReinforceConfig) -> dict:
                 "objective/rlhf_reward": batch_mean, "objective/baseline": baseline["value"]}
 
     return run_loop(Run(cfg, policy, s.reference, {"policy": policy}, optimizer, s.envs,
-                        s.tokenizer.pad_id, iteration, cfg.num_envs * cfg.max_new_tokens,
+                        s.tokenizer.pad_id, iteration,
                         lambda: {**rng_states(s), "baseline": baseline["value"]},
                         lambda st: (set_rng_states(s, st), baseline.update(value=st["baseline"])),
                         s.generator), "reinforce")

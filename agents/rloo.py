@@ -62,7 +62,7 @@ def train(cfg: RLOOConfig) -> dict:
     policy = trainable_copy(s.reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
 
-    def iteration(it: int, num_iterations: int) -> dict:
+    def iteration(it: int, progress: float) -> dict:
         prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.rloo_k)
         ro = collect_rollout(s.envs, policy, prompts, max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, generator=s.generator,
@@ -83,6 +83,6 @@ def train(cfg: RLOOConfig) -> dict:
                 "objective/rlhf_reward": returns.mean().item()}
 
     return run_loop(Run(cfg, policy, s.reference, {"policy": policy}, optimizer, s.envs,
-                        s.tokenizer.pad_id, iteration, cfg.num_envs * cfg.max_new_tokens,
+                        s.tokenizer.pad_id, iteration,
                         lambda: rng_states(s), lambda st: set_rng_states(s, st), s.generator),
                     "rloo")

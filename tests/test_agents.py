@@ -19,12 +19,9 @@ from agents.core import kl_k1, sequence_policy_gradient_loss
 from agents.grpo import group_advantages
 from agents.ppo import ActorCritic, per_token_rewards
 from agents.rloo import leave_one_out_advantages
-from textenv.assets import ASSETS_DIR
 from textenv.model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_assets = pytest.mark.skipif(not (ASSETS_DIR / "sft.safetensors").exists(),
-                                  reason="shipped assets not built")
 TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_prompts": 8, "eval_every": 1,
         "threads": 1, "progress": False, "tensorboard": False, "total_env_steps": 2 * 8 * 24}
 
@@ -76,7 +73,6 @@ def test_actor_critic_value_head_starts_at_zero_and_policy_equals_sft():
     assert action.shape == logp.shape == ent.shape == value.shape == (3,)
 
 
-@needs_assets
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
 def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
     cls, train = ALGORITHMS[algo]
@@ -110,7 +106,6 @@ def _metrics(run_dir):
         return {int(float(r["iteration"])): r for r in csv.DictReader(f)}
 
 
-@needs_assets
 def test_ctrl_c_saves_and_resume_gives_the_same_next_iteration(tmp_path):
     """Uninterrupted run vs. a run stopped by SIGINT and resumed: same metrics after."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -139,7 +134,6 @@ def test_ctrl_c_saves_and_resume_gives_the_same_next_iteration(tmp_path):
             assert float(a[it][key]) == pytest.approx(float(b[it][key]), abs=1e-6), (it, key)
 
 
-@needs_assets
 def test_non_finite_loss_stops_and_names_the_iteration(tmp_path, monkeypatch):
     import agents.ppo as ppo
 
