@@ -41,8 +41,9 @@ class BuildConfig:
     """One seed for the whole build: same seed, same assets."""
     task: str = "reviews"
     """Task to build for."""
-    threads: int = 2
-    """torch threads (the reference machine has 2 cores)."""
+    threads: int = 1
+    """torch threads. Float sums depend on the thread count, so the shipped build uses 1:
+    the same command gives the same assets on any machine with the same torch."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)

@@ -124,8 +124,8 @@ def test_unknown_names_list_valid_ones():
         make(observation_mode="pixels")
     with pytest.raises(ValueError, match="'top_k', 'top_p'"):
         make(action_mask="top_q")
-    with pytest.raises(ValueError, match="'ansi', 'human'"):
-        make(render_mode="rgb_array")
+    with pytest.raises(ValueError, match="'ansi', 'human', 'rgb_array'"):
+        make(render_mode="pixels")
     with pytest.raises(ValueError, match="'train', 'eval'"):
         make(prompt_split="test")
     with pytest.raises(ValueError, match="kl_coef"):
@@ -408,3 +408,11 @@ def test_gym_make_after_import():
     env = gym.make("TextGen-v0", reward="gold", assets_dir=ASSETS)
     assert isinstance(env.unwrapped, TextGenEnv)
     env.reset(seed=0)
+
+
+def test_rgb_array_render_draws_the_text():
+    env = TextGenEnv(reward="gold", render_mode="rgb_array", assets_dir=ASSETS)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert (frame < 128).any() and (frame == 255).any()  # dark text on a white page

@@ -214,7 +214,8 @@ def test_load_errors_name_the_file(tmp_path):
     # config/weights mismatch: bump n_embd in the json
     cfg = json.loads((tmp_path / "m.json").read_text())
     (tmp_path / "m.json").write_text(json.dumps({**cfg, "n_embd": 32}))
-    with pytest.raises(ValueError, match=r"m\.safetensors.*tok_emb\.weight.*\(17, 16\).*\(17, 32\)"):
+    expected = r"m\.safetensors.*tok_emb\.weight.*\(17, 16\).*\(17, 32\)"
+    with pytest.raises(ValueError, match=expected):
         GPT.load(tmp_path, "m")
     # extra layer in config => missing tensor
     (tmp_path / "m.json").write_text(json.dumps({**cfg, "n_layer": 3}))

@@ -91,7 +91,8 @@ def test_everything_the_task_writes_is_in_its_vocabulary(task):
 
 def test_parse_prompt_round_trip_and_errors(task):
     ins = task.parse_prompt(PROMPT)
-    assert (ins.sentiment, ins.topic, ins.aspect, ins.length) == ("positive", "pizza", "crust", "medium")
+    assert (ins.sentiment, ins.topic, ins.aspect, ins.length) == (
+        "positive", "pizza", "crust", "medium")
     with pytest.raises(ValueError, match="not a reviews prompt"):
         task.parse_prompt("write a poem")
     assert len(TOPICS) == 8

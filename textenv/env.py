@@ -38,7 +38,7 @@ RewardFn = Callable[[list[str], list[str]], Any]
 REWARD_PRESETS = ("learned", "gold")
 ACTION_MASKS = (None, "top_k", "top_p")
 OBSERVATION_MODES = ("box", "dict")
-RENDER_MODES = ("ansi", "human")
+RENDER_MODES = ("ansi", "human", "rgb_array")
 PROMPT_SPLITS = ("train", "eval")
 
 
@@ -396,8 +396,9 @@ class TextGenEnv(gym.Env):
         action_mask_k: k for `"top_k"`. Default 20.
         action_mask_p: p for `"top_p"`. Default 0.95.
         observation_mode: `"box"` (default) or `"dict"` (see Observation).
-        render_mode: `None` (default), `"ansi"` (`render()` returns the text so far) or
-            `"human"` (`render()` prints it).
+        render_mode: `None` (default), `"ansi"` (`render()` returns the text so far),
+            `"human"` (`render()` prints it) or `"rgb_array"` (the text drawn on an image,
+            for video recorders; SB3's `make_vec_env` asks for it by default).
         prompt_split: `"train"` (default) or `"eval"` (held-out prompts) for sampled prompts.
         assets_dir: directory with `tokenizer.json`, `sft.*` (the reference policy) and
             `reward.*` (the learned reward model). Default: the shipped `textenv/assets/`.
@@ -508,14 +509,32 @@ class TextGenEnv(gym.Env):
             return obs[0]
         return {k: v[0] for k, v in obs.items()}
 
-    def render(self) -> str | None:
-        """"ansi": the prompt and the response so far; "human": print them."""
+    def render(self) -> str | np.ndarray | None:
+        """"ansi": the prompt and the response so far; "human": print them;
+        "rgb_array": the same text drawn on an image (for video recorders)."""
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' "
-                            "or 'human' when making the env")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', "
+                            "'human' or 'rgb_array' when making the env")
             return None
         text = self.core.text(0) if self._started else ""
         if self.render_mode == "ansi":
             return text
+        if self.render_mode == "rgb_array":
+            return text_to_rgb(text)
         print(text)
         return None
+
+
+def text_to_rgb(text: str, width: int = 640, height: int = 160) -> np.ndarray:
+    """Draw `text` (wrapped) on a white (height, width, 3) uint8 image with matplotlib."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    fig.text(0.01, 0.95, textwrap.fill(text, 90), va="top", ha="left", family="monospace",
+             fontsize=8)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)

@@ -167,7 +167,8 @@ class GPT(nn.Module):
             if kv_cache.batch_size != B:
                 raise ValueError(f"KVCache batch size {kv_cache.batch_size} != input batch {B}")
             if S > kv_cache.max_len:
-                raise ValueError(f"KVCache overflow: {L} filled + {T} new > max_len {kv_cache.max_len}")
+                raise ValueError(f"KVCache overflow: {L} filled + {T} new "
+                                 f"> max_len {kv_cache.max_len}")
         if position_ids is None:
             # Count real tokens only (left padding works); leading pads are clamped to 0.
             start = 0 if kv_cache is None else kv_cache.next_pos[:, None]  # (B, 1)

@@ -20,7 +20,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.assets import ASSETS_DIR
-from textenv.env import RENDER_MODES, EpisodeBatch, RewardFn, check_prompt_split, check_render_mode
+from textenv.env import (
+    RENDER_MODES,
+    EpisodeBatch,
+    RewardFn,
+    check_prompt_split,
+    check_render_mode,
+    text_to_rgb,
+)
 from textenv.model import GPT
 from textenv.tasks import Task
 from textenv.tokenizer import Tokenizer
@@ -239,13 +246,16 @@ class TextGenVectorEnv(VectorEnv):
             raise RuntimeError("action_masks() called before reset(): call envs.reset() first")
         return self.core.action_masks()
 
-    def render(self) -> tuple[str, ...] | None:
-        """"ansi": a tuple of each env's prompt and response so far; "human": print them."""
+    def render(self) -> tuple | None:
+        """"ansi": a tuple of each env's prompt and response so far; "human": print them;
+        "rgb_array": a tuple of images of them."""
         if self.render_mode is None:
             return None
         texts = tuple(self.core.text(i) if self._started else ""
                       for i in range(self.num_envs))
         if self.render_mode == "ansi":
             return texts
+        if self.render_mode == "rgb_array":
+            return tuple(text_to_rgb(t) for t in texts)
         print("\n".join(f"[{i}] {t}" for i, t in enumerate(texts)))
         return None

@@ -20,4 +20,4 @@ def make_task(name: str | Task) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["Task", "ReviewsTask", "TASKS", "make_task"]
+__all__ = ["TASKS", "ReviewsTask", "Task", "make_task"]

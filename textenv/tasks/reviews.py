@@ -183,7 +183,8 @@ class ReviewsTask:
         words = prompt.split()
         try:
             i = words.index("review")
-            sentiment, topic, aspect, length = words[i - 1], words[i + 3], words[i + 6], words[i + 8]
+            sentiment, topic = words[i - 1], words[i + 3]
+            aspect, length = words[i + 6], words[i + 8]
             ok = (sentiment in POLARITY and topic in TOPICS and TOPIC_OF.get(aspect) == topic
                   and length in LENGTHS and words[-1] == ":")
         except (ValueError, IndexError):
@@ -232,7 +233,8 @@ class ReviewsTask:
         if form == 0:
             return f"the {aspect} {be} {self._adjective(aspect, polarity, rng)} ."
         if form == 1:
-            return f"the {aspect} {be} {rng.choice(ADVERBS)} {self._adjective(aspect, polarity, rng)} ."
+            adverb = rng.choice(ADVERBS)
+            return f"the {aspect} {be} {adverb} {self._adjective(aspect, polarity, rng)} ."
         if form == 2:
             return f"i {rng.choice(VERBS[polarity])} the {aspect} ."
         other = str(rng.choice([a for a, _, _ in TOPICS[TOPIC_OF[aspect]] if a != aspect]))
@@ -303,8 +305,8 @@ class ReviewsTask:
             for _ in range(int(rng.integers(1, 5))):
                 polarity = base_polarity if rng.random() < 0.75 else str(rng.choice(["pos", "neg"]))
                 aspect = None if rng.random() < 0.15 else str(rng.choice(aspects))
-                sentences.append(self._sentence(topic, aspect, polarity, rng,
-                                                ungrammatical=aspect is not None and rng.random() < 0.03))
+                typo = aspect is not None and rng.random() < 0.03  # web text has errors too
+                sentences.append(self._sentence(topic, aspect, polarity, rng, ungrammatical=typo))
             docs.append(f"review of the {topic} : " + " ".join(sentences) + f" {EOS_WORD}")
         return docs
 
