@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import tyro
 
-from textenv.assets import ASSETS_DIR
+from reward_models.pipeline import RewardPipelineConfig
+from reward_models.train import RMTrainConfig
+from textenv.assets import ASSETS_DIR, load_policy, read_quality
 from textenv.pipeline import (
     PolicyEvalConfig,
     PretrainConfig,
@@ -31,6 +33,13 @@ from textenv.pipeline import (
 )
 from textenv.tasks import make_task
 from textenv.tokenizer import atomic_write_text
+
+
+def default_rm_config() -> RewardPipelineConfig:
+    """The shipped reward model's settings: 4000 ranked groups of K=4 SFT samples, 12 epochs
+    at lr 1e-3 (10x on the scalar head), mean-centring penalty 0.1."""
+    return RewardPipelineConfig(train_prompts=4000, train=RMTrainConfig(
+        epochs=12, lr=1e-3, batch_size=32, center_coef=0.1, head_lr_mult=10.0, patience=0))
 
 
 @dataclass
@@ -47,8 +56,13 @@ class BuildConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
+    rm: RewardPipelineConfig = field(default_factory=default_rm_config)
     reward: bool = True
     """Also train the default reward model (reward_models.pipeline)."""
+    reuse_lm: bool = False
+    """Reuse base/SFT models already in out_dir instead of training them (to iterate on
+    the reward-model stage; the shipped build runs every stage, and gives the same base/SFT
+    bits with the same seed and threads)."""
 
 
 def main(cfg: BuildConfig) -> dict:
@@ -60,11 +74,16 @@ def main(cfg: BuildConfig) -> dict:
     tokenizer = build_tokenizer(task)
     tokenizer.save(out / "tokenizer.json")
 
-    base, quality = pretrain(task, tokenizer, cfg.pretrain, seed=cfg.seed)
-    base.save(out, "base")
-    sft, stats = supervised_finetune(base, task, tokenizer, cfg.sft, seed=cfg.seed + 1)
-    sft.save(out, "sft")
-    quality.update(stats)
+    if cfg.reuse_lm:  # keep base/SFT (and their measured numbers) from an earlier build
+        quality = {k: v for k, v in read_quality(out).items()
+                   if k.startswith(("base_", "pretrain_", "sft_"))}
+        sft = load_policy("sft", out, tokenizer)
+    else:
+        base, quality = pretrain(task, tokenizer, cfg.pretrain, seed=cfg.seed)
+        base.save(out, "base")
+        sft, stats = supervised_finetune(base, task, tokenizer, cfg.sft, seed=cfg.seed + 1)
+        sft.save(out, "sft")
+        quality.update(stats)
     sft_eval = evaluate_policy(sft, task, tokenizer, cfg.eval)
     quality.update(sft_gold_mean=sft_eval["gold_mean"], sft_eos_rate=sft_eval["eos_rate"],
                    sft_mean_length=sft_eval["mean_length"])
@@ -76,7 +95,8 @@ def main(cfg: BuildConfig) -> dict:
     if cfg.reward:
         from reward_models.pipeline import build_default_reward_model
 
-        quality.update(build_default_reward_model(sft, task, tokenizer, out, seed=cfg.seed + 2))
+        quality.update(build_default_reward_model(sft, task, tokenizer, out, seed=cfg.seed + 2,
+                                                  cfg=cfg.rm))
 
     quality["build_seconds"] = time.perf_counter() - t0
     quality["torch_version"] = torch.__version__

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -91,7 +92,7 @@ class WordTokenizer:
         atomic_write_text(path, json.dumps(payload, indent=1))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "WordTokenizer":
+    def load(cls, path: str | os.PathLike) -> WordTokenizer:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"tokenizer file not found: {path}")

@@ -1,0 +1,458 @@
+"""Training a reward model from preference data, then calibrating it.
+
+Two kinds of batch element (see `reward_models.data`):
+
+* a pairwise record (prompt, chosen, rejected): the Bradley-Terry loss
+  ``-log sigmoid(r_chosen - r_rejected - margin)`` (`losses.pairwise_loss`);
+* a ranked record (prompt, K responses, ranking): InstructGPT's K-wise loss over all
+  C(K, 2) pairs of the prompt as ONE batch element (`losses.kwise_loss`). Each response is
+  forwarded once and its score reused in its K-1 pairs, which is cheaper than C(K, 2)
+  separate pair forwards and (the InstructGPT paper reports) overfits less than shuffling
+  the pairs into the dataset as if they were independent.
+
+Every batch, of either kind, is ONE forward pass: all responses of all batch elements are
+flattened into rows (N = sum of K_b), right-padded together, scored, and scattered back into
+a (B, K_max) score table for the loss.
+
+A held-out split (by prompt, so no prompt is on both sides) is evaluated every
+`eval_every` steps; the best state by held-out loss (or accuracy) is kept and restored at the
+end, and training stops early after `patience` evaluations without improvement.
+
+After training, `calibrate(rm, prompts, responses)` sets the reward model's gain and bias so
+that SFT samples score mean 0, std 1 (only differences are learned; the RL step wants a fixed
+scale).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord
+from reward_models.losses import kwise_loss, pairwise_loss
+from reward_models.model import RewardModel
+
+
+@dataclass
+class RMTrainConfig:
+    epochs: int = 3
+    """Maximum passes over the training records (early stopping may end sooner)."""
+    batch_size: int = 32
+    """Batch elements per step: prompts (K responses each) for rankings, pairs for pairwise."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW; linear warm-up, then cosine decay to 10%)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 20
+    """Steps of linear learning-rate warm-up."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = no clipping)."""
+    margin: float = 0.0
+    """Pairwise loss margin: ask r_chosen - r_rejected to exceed it. Only for pairwise data."""
+    center_coef: float = 0.01
+    """Weight of an auxiliary loss (mean score of each batch element)^2, which pins every
+    prompt's average raw score near 0 (TRL's `center_rewards_coefficient`, Eisenstein et
+    al. 2023). Comparisons only constrain scores WITHIN a prompt, so without it each prompt
+    gets an arbitrary offset, which scrambles rankings ACROSS prompts. 0 disables it."""
+    expand_to_pairs: bool = False
+    """Turn each ranking into its C(K, 2) pairs as independent batch elements (the
+    non-InstructGPT way, each response forwarded K-1 times per epoch; for comparisons)."""
+    val_fraction: float = 0.1
+    """Fraction of prompts held out for early stopping (when no validation set is given)."""
+    eval_every: int = 0
+    """Evaluate on the held-out split every this many steps (0: four times per epoch)."""
+    patience: int = 4
+    """Stop after this many evaluations without improvement (0: never stop early)."""
+    select_by: Literal["loss", "accuracy"] = "loss"
+    """Held-out metric that picks the best state: lower loss or higher pair accuracy."""
+    freeze_layers: int = 0
+    """Freeze the embeddings and the first this-many transformer blocks (faster, less
+    overfitting on small data). 0 trains everything."""
+    head_lr_mult: float = 1.0
+    """The scalar head's learning rate is lr times this (it starts from scratch; the trunk
+    starts from a trained LM)."""
+    head_init_std: float = 0.02
+    """Standard deviation of the scalar head's initial weights."""
+    seed: int = 0
+    """Seed for the head initialisation, the data order and the held-out split."""
+    group_by_length: bool = True
+    """Batch groups of similar length together (less padding, ~1.5x faster); batches are
+    still drawn in random order, and which groups share a batch changes every epoch."""
+    log_every: int = 10
+    """Write a training-log row every this many steps."""
+
+
+# ---- data: records -> encoded groups ----------------------------------------------------
+@dataclass
+class EncodedGroup:
+    """One batch element: K responses to one prompt, encoded, best-first `ranking`."""
+
+    seqs: list[list[int]]  # K token lists: [bos] + prompt + response
+    ranking: list[int]  # ranking[i] = index into seqs of the i-th best
+    pairwise: bool  # True for a (chosen, rejected) record: seqs = [chosen, rejected]
+    texts: tuple[str, ...]  # the response texts (to skip pairs of identical texts in accuracy)
+
+
+def expand_to_pairs(records: Sequence[PreferenceRecord]) -> list[PairwiseRecord]:
+    """Every ranking becomes its C(K, 2) pairwise records; pairwise records pass through."""
+    out: list[PairwiseRecord] = []
+    for r in records:
+        out.extend(r.to_pairs() if isinstance(r, RankedRecord) else [r])
+    return out
+
+
+def encode_records(rm: RewardModel, records: Sequence[PreferenceRecord]) -> list[EncodedGroup]:
+    groups = []
+    for n, r in enumerate(records):
+        if isinstance(r, PairwiseRecord):
+            texts, ranking, pairwise = (r.chosen, r.rejected), [0, 1], True
+        elif isinstance(r, RankedRecord):
+            texts, ranking, pairwise = r.responses, list(r.ranking), False
+        else:
+            raise TypeError(f"record {n} is a {type(r).__name__}, expected a preference record")
+        try:
+            seqs = rm.encode([r.prompt] * len(texts), list(texts))
+        except ValueError as e:  # unknown word, too long: say which record
+            raise ValueError(f"record {n} (prompt {r.prompt!r}): {e}") from e
+        groups.append(EncodedGroup(seqs, ranking, pairwise, tuple(texts)))
+    return groups
+
+
+def epoch_batches(groups: Sequence[EncodedGroup], batch_size: int, rng: np.random.Generator,
+                  group_by_length: bool) -> list[list[int]]:
+    """Indices of the groups in each batch of one epoch.
+
+    With `group_by_length`, a random permutation is cut into windows of 50 batches, each
+    window sorted by the longest sequence of a group, cut into batches, and the batch order
+    shuffled (like Hugging Face's `group_by_length`): padding shrinks, randomness stays.
+    """
+    order = rng.permutation(len(groups))
+    if group_by_length:
+        window = 50 * batch_size
+        length = [max(len(s) for s in g.seqs) for g in groups]
+        order = np.concatenate([sorted(order[i:i + window], key=lambda j: length[j])
+                                for i in range(0, len(order), window)])
+    batches = [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def split_records(records: Sequence[PreferenceRecord], val_fraction: float, seed: int
+                  ) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
+    """(train, val) split BY PROMPT: all records of a prompt land on the same side, so the
+    held-out numbers measure generalisation to prompts the model was not trained on."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    prompts = sorted({r.prompt for r in records})
+    rng = np.random.default_rng(seed)
+    n_val = int(round(val_fraction * len(prompts)))
+    if val_fraction > 0 and len(prompts) > 1:
+        n_val = min(max(n_val, 1), len(prompts) - 1)  # keep both sides non-empty
+    val_prompts = {prompts[i] for i in rng.permutation(len(prompts))[:n_val]}
+    train = [r for r in records if r.prompt not in val_prompts]
+    val = [r for r in records if r.prompt in val_prompts]
+    return train, val
+
+
+# ---- one batch: one forward, then the loss -----------------------------------------------
+def batch_scores(rm: RewardModel, groups: Sequence[EncodedGroup]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score every response of every group in ONE forward pass.
+
+    Returns scores (B, K_max) (0 in padded slots), ranking (B, K_max) long and valid
+    (B, K_max) bool, padded as `losses.kwise_loss` expects.
+    """
+    k_max = max(len(g.seqs) for g in groups)
+    flat = [s for g in groups for s in g.seqs]  # N = sum of K_b rows, each response once
+    ids, mask = rm.collate(flat)  # (N, T), (N, T)
+    raw = rm.raw_scores_from_ids(ids, mask)  # (N,)
+    B = len(groups)
+    dev = raw.device
+    valid = torch.zeros(B, k_max, dtype=torch.bool, device=dev)
+    ranking = torch.arange(k_max, device=dev).repeat(B, 1)  # (B, K_max) padded slots: k, k+1..
+    for b, g in enumerate(groups):
+        k = len(g.seqs)
+        valid[b, :k] = True
+        ranking[b, :k] = torch.as_tensor(g.ranking, device=dev)
+    scores = torch.zeros(B, k_max, dtype=raw.dtype, device=dev)
+    scores = scores.masked_scatter(valid, raw)  # (B, K_max) row-major fill = flat order
+    return scores, ranking, valid
+
+
+def group_loss(scores: torch.Tensor, ranking: torch.Tensor, valid: torch.Tensor,
+               all_pairwise: bool, margin: float) -> torch.Tensor:
+    """Pairwise BT loss (with margin) for (chosen, rejected) batches, else the K-wise loss."""
+    if all_pairwise:
+        return pairwise_loss(scores[:, 0], scores[:, 1], margin)  # slot 0 = chosen
+    if margin != 0.0:
+        raise ValueError("margin is only supported for pairwise records; use margin=0 for "
+                         "rankings (or expand_to_pairs=True)")
+    return kwise_loss(scores, ranking, valid)
+
+
+def centering_loss(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over batch elements of (mean of its valid scores)^2. scores, valid: (B, K)."""
+    group_mean = (scores * valid).sum(1) / valid.sum(1)  # (B,)
+    return group_mean.pow(2).mean()
+
+
+def pair_correct(scores: torch.Tensor, groups: Sequence[EncodedGroup]) -> tuple[int, int]:
+    """(correct, total) over the implied pairs whose response texts differ.
+
+    A pair of identical texts carries no information (the labeler's order is a coin flip
+    and a reward model must tie them), so it is left out of the accuracy. Ties count wrong.
+    """
+    s = scores.detach().cpu().numpy()
+    correct = total = 0
+    for b, g in enumerate(groups):
+        for i, j in combinations(range(len(g.ranking)), 2):  # i ranked above j
+            wi, lj = g.ranking[i], g.ranking[j]
+            if g.texts[wi] == g.texts[lj]:
+                continue
+            total += 1
+            correct += int(s[b, wi] > s[b, lj])
+    return correct, total
+
+
+@torch.no_grad()
+def evaluate_groups(rm: RewardModel, groups: Sequence[EncodedGroup], margin: float = 0.0,
+                    batch_size: int = 64) -> dict:
+    """Held-out loss (same loss as training) and pair accuracy vs the labels."""
+    was_training = rm.training
+    rm.eval()
+    loss_sum, n, correct, total = 0.0, 0, 0, 0
+    try:
+        for i in range(0, len(groups), batch_size):
+            chunk = groups[i:i + batch_size]
+            scores, ranking, valid = batch_scores(rm, chunk)
+            all_pw = all(g.pairwise for g in chunk)
+            loss_sum += group_loss(scores, ranking, valid, all_pw, margin).item() * len(chunk)
+            n += len(chunk)
+            c, t = pair_correct(scores, chunk)
+            correct, total = correct + c, total + t
+    finally:
+        rm.train(was_training)
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / total if total else float("nan"),
+            "pairs": total}
+
+
+# ---- logging -------------------------------------------------------------------------------
+LOG_FIELDS = ["step", "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
+              "val_accuracy", "seconds"]
+
+
+class RunLogger:
+    """TensorBoard scalars + one CSV file (`train_log.csv`) in a run directory."""
+
+    def __init__(self, run_dir: str | Path | None, prefix: str = "rm"):
+        self.prefix = prefix
+        self.writer = self._csv_file = self._csv = None
+        if run_dir is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(run_dir))
+        self._csv_file = open(run_dir / "train_log.csv", "w", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=LOG_FIELDS)
+        self._csv.writeheader()
+
+    def log(self, step: int, row: dict) -> None:
+        if self.writer is None:
+            return
+        for k, v in row.items():
+            if k not in ("step", "epoch") and v is not None and v == v:  # skip None and NaN
+                self.writer.add_scalar(f"{self.prefix}/{k}", v, step)
+        self._csv.writerow({k: row.get(k, "") for k in LOG_FIELDS} | {"step": step})
+        self._csv_file.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self._csv_file.close()
+
+
+# ---- the training loop -----------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    steps: int = 0
+    """Optimizer steps taken."""
+    best_step: int = 0
+    """Step of the kept (best held-out) state; 0 = the initial state."""
+    best_val: dict = field(default_factory=dict)
+    """Held-out metrics of the kept state."""
+    history: list = field(default_factory=list)
+    """One dict per evaluation."""
+    stopped_early: bool = False
+    interrupted: bool = False
+    """Ctrl-C stopped training; the best state so far was kept."""
+    seconds: float = 0.0
+    responses_forwarded: int = 0
+    """Response rows forwarded in training steps (each response once per epoch for rankings)."""
+
+
+def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord],
+                       cfg: RMTrainConfig, val_records: Sequence[PreferenceRecord] | None = None,
+                       run_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Train `rm` in place on preference records; returns a `TrainResult`.
+
+    Without `val_records`, `cfg.val_fraction` of the prompts are held out. At the end the
+    model holds the best state by held-out loss (or accuracy) and is in eval mode. Ctrl-C
+    stops cleanly with the best state so far; a NaN/inf loss raises FloatingPointError
+    naming the step, after restoring the best state.
+    """
+    if val_records is None and cfg.val_fraction > 0:
+        train_records, val_records = split_records(train_records, cfg.val_fraction, cfg.seed)
+    if cfg.expand_to_pairs:
+        train_records = expand_to_pairs(train_records)
+        val_records = expand_to_pairs(val_records) if val_records else val_records
+    if not train_records:
+        raise ValueError("no training records")
+    train = encode_records(rm, train_records)
+    val = encode_records(rm, val_records) if val_records else []
+    val.sort(key=lambda g: max(len(s) for s in g.seqs))  # less padding; order is irrelevant
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    rm.transformer.requires_grad_(True)
+    if cfg.freeze_layers > 0:
+        frozen = [rm.transformer.tok_emb, rm.transformer.pos_emb,
+                  *rm.transformer.blocks[:cfg.freeze_layers]]
+        for module in frozen:
+            module.requires_grad_(False)
+    params = [p for p in rm.parameters() if p.requires_grad]
+    head_params = list(rm.head.parameters())
+    trunk_params = [p for p in params if all(p is not h for h in head_params)]
+    opt = torch.optim.AdamW([{"params": trunk_params, "lr_mult": 1.0},
+                             {"params": head_params, "lr_mult": cfg.head_lr_mult}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every or max(1, steps_per_epoch // 4)
+    logger = RunLogger(run_dir)
+    result = TrainResult()
+    t0 = time.perf_counter()
+
+    def lr_at(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        cos = 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps)))
+        return cfg.lr * warm * (0.1 + 0.9 * cos)
+
+    def snapshot() -> dict:
+        return {k: v.detach().clone() for k, v in rm.state_dict().items()}
+
+    def is_better(m: dict, best: dict) -> bool:
+        if cfg.select_by == "accuracy":
+            return m["accuracy"] > best["accuracy"]
+        return m["loss"] < best["loss"]
+
+    best_state = snapshot()
+    if val:
+        result.best_val = evaluate_groups(rm, val, cfg.margin)
+        result.history.append({"step": 0, **result.best_val})
+        logger.log(0, {"epoch": 0, "val_loss": result.best_val["loss"],
+                       "val_accuracy": result.best_val["accuracy"]})
+    bad_evals, step = 0, 0
+    recent_loss: list[float] = []
+    recent_acc: list[tuple[int, int]] = []
+    bar = tqdm(total=total_steps, desc="reward model", mininterval=1.0, disable=not progress)
+    rm.train()
+    try:
+        for epoch in range(cfg.epochs):
+            if result.stopped_early:
+                break
+            for batch in epoch_batches(train, cfg.batch_size, rng, cfg.group_by_length):
+                chunk = [train[i] for i in batch]
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step) * group["lr_mult"]
+                scores, ranking, valid = batch_scores(rm, chunk)  # one forward
+                result.responses_forwarded += int(valid.sum())
+                loss = group_loss(scores, ranking, valid, all(g.pairwise for g in chunk),
+                                  cfg.margin)
+                if cfg.center_coef > 0:
+                    loss = loss + cfg.center_coef * centering_loss(scores, valid)
+                if not torch.isfinite(loss):
+                    rm.load_state_dict(best_state)
+                    raise FloatingPointError(
+                        f"reward-model training: loss is {loss.item()} at step {step} (epoch "
+                        f"{epoch}); the model was restored to its best state (step "
+                        f"{result.best_step})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                step += 1
+                result.steps = step
+                bar.update(1)
+                recent_loss.append(loss.item())
+                recent_acc.append(pair_correct(scores, chunk))
+
+                if step % cfg.log_every == 0:
+                    c, t = map(sum, zip(*recent_acc))
+                    row = {"epoch": epoch, "lr": lr_at(step - 1),
+                           "train_loss": float(np.mean(recent_loss)),
+                           "train_accuracy": c / t if t else float("nan"),
+                           "seconds": time.perf_counter() - t0}
+                    logger.log(step, row)
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+                    recent_loss, recent_acc = [], []
+
+                if val and (step % eval_every == 0 or step == total_steps):
+                    m = evaluate_groups(rm, val, cfg.margin)
+                    result.history.append({"step": step, **m})
+                    logger.log(step, {"epoch": epoch, "val_loss": m["loss"],
+                                      "val_accuracy": m["accuracy"],
+                                      "seconds": time.perf_counter() - t0})
+                    if is_better(m, result.best_val):
+                        result.best_val, result.best_step = m, step
+                        best_state, bad_evals = snapshot(), 0
+                    else:
+                        bad_evals += 1
+                    bar.set_postfix(loss=f"{loss.item():.3f}", val_loss=f"{m['loss']:.3f}",
+                                    val_acc=f"{m['accuracy']:.3f}")
+                    if cfg.patience and bad_evals >= cfg.patience:
+                        result.stopped_early = True
+                        break
+    except KeyboardInterrupt:
+        result.interrupted = True
+        print(f"\ninterrupted at step {step}: keeping the best state (step {result.best_step})")
+    finally:
+        bar.close()
+        logger.close()
+    if val:
+        rm.load_state_dict(best_state)  # the best held-out state, not the last one
+    else:
+        result.best_step = step
+    rm.requires_grad_(True)
+    rm.eval()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@torch.no_grad()
+def calibrate(rm: RewardModel, prompts: Sequence[str], responses: Sequence[str]) -> dict:
+    """Set rm.gain and rm.bias so that these (prompt, response) pairs — samples of the SFT
+    policy — score mean 0 and std 1. Returns the statistics used."""
+    raw = rm.raw_score(prompts, responses).double()  # (N,)
+    if raw.numel() < 2:
+        raise ValueError("calibrate needs at least 2 samples")
+    mean, std = raw.mean().item(), raw.std(correction=0).item()
+    if not (math.isfinite(std) and std > 1e-8):
+        raise ValueError(f"cannot calibrate: raw scores have std {std} (the model gives "
+                         f"every sample the same score)")
+    rm.gain, rm.bias = 1.0 / std, -mean / std  # score = (raw - mean) / std
+    return {"raw_mean": mean, "raw_std": std, "gain": rm.gain, "bias": rm.bias,
+            "calibration_samples": int(raw.numel())}

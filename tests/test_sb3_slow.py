@@ -1,0 +1,16 @@
+"""Slow: SB3 PPO, started from the SFT policy, raises the mean learned reward on TextGen-v0."""
+
+import pytest
+
+
+@pytest.mark.slow
+def test_sb3_ppo_raises_mean_reward_over_its_starting_policy(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from sb3_baseline import Args, run
+
+    _, results = run(Args(algos=("ppo",), total_env_steps=30_000, out_dir=str(tmp_path)))
+    before, after = results["SFT (start)"], results["SB3 ppo"]
+    assert after["eval/reward_mean"] > before["eval/reward_mean"] + 0.1
