@@ -10,6 +10,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
+# Idle OpenMP threads sleep instead of spinning: on shared or busy cores spinning threads
+# make small ops many times slower (see README, Performance).
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench assets lint clean install
