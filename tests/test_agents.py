@@ -87,7 +87,8 @@ def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
     assert math.isfinite(final["eval/reward_mean"]) and math.isfinite(final["eval/kl"])
     assert (tmp_path / algo / "final_eval.json").exists()
     if algo not in ("best-of-n", "sb3-ppo"):
-        assert len(result["history"]) == 2
+        steps = [row["charts/env_steps"] for row in result["history"]]
+        assert steps[-1] >= cfg.total_env_steps > (steps[-2] if len(steps) > 1 else 0)
         assert (tmp_path / algo / "metrics.csv").exists()
         assert (tmp_path / algo / "checkpoint" / "model.safetensors").exists()
 
@@ -95,7 +96,7 @@ def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
 def _ppo_cmd(run_dir, extra=()):
     args = [f"--run-dir={run_dir}", "--num-envs=8", "--max-new-tokens=24", "--eval-every=0",
             "--eval-prompts=8", "--threads=1", "--no-progress", "--no-tensorboard",
-            "--checkpoint-every=1", f"--total-env-steps={4 * 8 * 24}", *extra]
+            "--checkpoint-every=1", f"--total-env-steps={3 * 8 * 24}", *extra]
     return [sys.executable, str(ROOT / "scripts" / "train_ppo.py"), *args]
 
 
@@ -123,12 +124,12 @@ def test_ctrl_c_saves_and_resume_gives_the_same_next_iteration(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     state = json.loads((cut / "checkpoint" / "state.json").read_text())
     stopped = state["iteration"]
-    assert "interrupted: checkpoint saved" in out or stopped == 4
+    assert "interrupted: checkpoint saved" in out or stopped == max(_metrics(full))
     subprocess.run(_ppo_cmd(cut, ["--resume"]), check=True, env=env, capture_output=True,
                    timeout=300)
     a, b = _metrics(full), _metrics(cut)
-    assert sorted(b) == [1, 2, 3, 4]
-    for it in range(1, 5):
+    assert sorted(b) == sorted(a) and len(a) >= 3
+    for it in sorted(a):
         for key in ("env/gold_mean", "env/reward_mean", "objective/kl", "losses/policy_loss",
                     "losses/value_loss", "objective/kl_coef"):
             assert float(a[it][key]) == pytest.approx(float(b[it][key]), abs=1e-6), (it, key)
