@@ -42,6 +42,9 @@ class CompareConfig:
     """Held-out prompts per evaluation."""
     progress: bool = True
     """Progress bars."""
+    reuse: bool = False
+    """Reuse runs already finished in out_dir (final_eval.json + metrics.csv) instead of
+    training them again: resume an interrupted comparison or rebuild its table."""
 
 
 def run_all(cfg: CompareConfig) -> list[dict]:
@@ -57,13 +60,26 @@ def run_all(cfg: CompareConfig) -> list[dict]:
                               run_dir=str(out / algo / f"seed{seed}"), eval_every=cfg.eval_every,
                               eval_prompts=cfg.eval_prompts, progress=cfg.progress,
                               tensorboard=False)
-            print(f"== {algo} seed {seed}")
-            r = train(run_cfg)
+            run_dir = Path(run_cfg.run_dir)
+            if cfg.reuse and (run_dir / "final_eval.json").exists():
+                print(f"== {algo} seed {seed}: reusing {run_dir}")
+                r = {"final": json.loads((run_dir / "final_eval.json").read_text()),
+                     "history": _read_history(run_dir / "metrics.csv")}
+            else:
+                print(f"== {algo} seed {seed}")
+                r = train(run_cfg)
             final = dict(r["final"])
             wall = final.get("charts/wall_clock", float("nan"))
             final["tokens_per_second"] = final.get("charts/env_steps", 0) / wall if wall else 0
             results.append({"algo": algo, "seed": seed, **final, "history": r["history"]})
     return results
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def write_outputs(results: list[dict], out: Path) -> str:
