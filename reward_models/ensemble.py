@@ -18,17 +18,23 @@ model saved as `directory/name_i.safetensors` + `name_i.json`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 from reward_models.data import PreferenceRecord
 from reward_models.model import RewardModel
-from reward_models.train import (RMTrainConfig, TrainResult, calibrate, split_records,
-                                 train_reward_model)
+from reward_models.train import (
+    RMTrainConfig,
+    TrainResult,
+    calibrate,
+    split_records,
+    train_reward_model,
+)
 from textenv.model import GPT, _atomic_write
 from textenv.tokenizer import Tokenizer, WordTokenizer
 

@@ -26,16 +26,16 @@ each written atomically. Loading never executes code.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from textenv.lm import encode_prompt, pad_right
-from textenv.model import GPT, GPTConfig, _atomic_write
+from textenv.model import GPT, GPTConfig, _atomic_write, check_tensors
 from textenv.tokenizer import Tokenizer, WordTokenizer
 
 FORMAT = "textenv-reward-model"
@@ -230,15 +230,6 @@ class RewardModel(nn.Module):
 
         rm = cls(config, tokenizer, gain=gain, bias=bias).to(map_location)
         expected = {k: v.shape for k, v in rm.state_dict().items()}
-        for key, shape in expected.items():
-            if key not in tensors:
-                raise ValueError(f"{w_path}: missing tensor '{key}' (expected shape "
-                                 f"{tuple(shape)}) for config {cfg_path}")
-            if tensors[key].shape != shape:
-                raise ValueError(f"{w_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}"
-                                 f", expected {tuple(shape)} from config {cfg_path}")
-        extra = sorted(set(tensors) - set(expected))
-        if extra:
-            raise ValueError(f"{w_path}: unexpected tensor '{extra[0]}' not in config {cfg_path}")
+        check_tensors(tensors, expected, w_path, cfg_path)
         rm.load_state_dict(tensors)
         return rm.eval()

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -42,9 +42,9 @@ from textenv.tokenizer import Tokenizer, atomic_write_text
 class RewardPipelineConfig:
     k: int = 4
     """Responses ranked per prompt (2..9)."""
-    train_prompts: int = 2000
+    train_prompts: int = 5000
     """Ranked groups for training (prompts drawn from the train split, with repeats)."""
-    test_prompts: int = 256
+    test_prompts: int = 512
     """Ranked groups on held-out EVAL-split prompts, for the reported accuracies."""
     labeler_temperature: float = 0.1
     """Bradley-Terry noise of the simulated labeler (0 = always orders by gold)."""

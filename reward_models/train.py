@@ -28,10 +28,11 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,11 +45,11 @@ from reward_models.model import RewardModel
 
 @dataclass
 class RMTrainConfig:
-    epochs: int = 3
+    epochs: int = 9
     """Maximum passes over the training records (early stopping may end sooner)."""
     batch_size: int = 32
     """Batch elements per step: prompts (K responses each) for rankings, pairs for pairwise."""
-    lr: float = 1e-4
+    lr: float = 1e-3
     """Peak learning rate (AdamW; linear warm-up, then cosine decay to 10%)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -58,7 +59,7 @@ class RMTrainConfig:
     """Clip the global gradient norm to this value (0 = no clipping)."""
     margin: float = 0.0
     """Pairwise loss margin: ask r_chosen - r_rejected to exceed it. Only for pairwise data."""
-    center_coef: float = 0.01
+    center_coef: float = 0.1
     """Weight of an auxiliary loss (mean score of each batch element)^2, which pins every
     prompt's average raw score near 0 (TRL's `center_rewards_coefficient`, Eisenstein et
     al. 2023). Comparisons only constrain scores WITHIN a prompt, so without it each prompt
@@ -69,15 +70,17 @@ class RMTrainConfig:
     val_fraction: float = 0.1
     """Fraction of prompts held out for early stopping (when no validation set is given)."""
     eval_every: int = 0
-    """Evaluate on the held-out split every this many steps (0: four times per epoch)."""
-    patience: int = 4
-    """Stop after this many evaluations without improvement (0: never stop early)."""
+    """Evaluate on the held-out split every this many steps (0: twice per epoch)."""
+    patience: int = 0
+    """Stop after this many evaluations without improvement (0: never stop early; the best
+    state is kept either way). The held-out loss is noisy, so stopping early tends to stop
+    a slowly improving run too soon."""
     select_by: Literal["loss", "accuracy"] = "loss"
     """Held-out metric that picks the best state: lower loss or higher pair accuracy."""
     freeze_layers: int = 0
     """Freeze the embeddings and the first this-many transformer blocks (faster, less
     overfitting on small data). 0 trains everything."""
-    head_lr_mult: float = 1.0
+    head_lr_mult: float = 10.0
     """The scalar head's learning rate is lr times this (it starts from scratch; the trunk
     starts from a trained LM)."""
     head_init_std: float = 0.02
@@ -340,7 +343,7 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    eval_every = cfg.eval_every or max(1, steps_per_epoch // 4)
+    eval_every = cfg.eval_every or max(1, steps_per_epoch // 2)
     logger = RunLogger(run_dir)
     result = TrainResult()
     t0 = time.perf_counter()

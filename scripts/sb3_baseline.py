@@ -24,7 +24,7 @@ from agents.sb3 import SB3Config, train
 class Args:
     algos: tuple[str, ...] = ("ppo",)
     """SB3 algorithms: ppo, a2c, maskable_ppo."""
-    total_env_steps: int = 30_000
+    total_env_steps: int = 6000
     """Env steps per algorithm."""
     seed: int = 1
     """Seed."""

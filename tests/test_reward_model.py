@@ -24,6 +24,7 @@ from reward_models.train import RMTrainConfig, calibrate, split_records, train_r
 from textenv.model import GPT, GPTConfig
 from textenv.tokenizer import WordTokenizer
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models are fastest on one thread (and don't fight a busy machine for cores)."""

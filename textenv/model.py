@@ -287,19 +287,25 @@ class GPT(nn.Module):
         expected = {k: v.shape for k, v in model.state_dict().items()}
         if config.tie_embeddings:
             expected.pop("lm_head.weight")
-        for key, shape in expected.items():
-            if key not in tensors:
-                raise ValueError(f"{w_path}: missing tensor '{key}' (expected shape "
-                                 f"{tuple(shape)}) for config {cfg_path}")
-            if tensors[key].shape != shape:
-                raise ValueError(f"{w_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}"
-                                 f", expected {tuple(shape)} from config {cfg_path}")
-        extra = sorted(set(tensors) - set(expected))
-        if extra:
-            raise ValueError(f"{w_path}: unexpected tensor '{extra[0]}' (shape "
-                             f"{tuple(tensors[extra[0]].shape)}) not in config {cfg_path}")
+        check_tensors(tensors, expected, w_path, cfg_path)
         model.load_state_dict(tensors, strict=False)  # only the tied lm_head.weight is absent
         return model.eval()
+
+
+def check_tensors(tensors: dict, expected: dict, w_path, cfg_path) -> None:
+    """Raise a ValueError naming the weights file and the first tensor that is missing,
+    unexpected, or of the wrong shape for the config (`expected`: name -> shape)."""
+    for key, shape in expected.items():
+        if key not in tensors:
+            raise ValueError(f"{w_path}: missing tensor '{key}' (expected shape "
+                             f"{tuple(shape)}) for config {cfg_path}")
+        if tensors[key].shape != shape:
+            raise ValueError(f"{w_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}"
+                             f", expected {tuple(shape)} from config {cfg_path}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ValueError(f"{w_path}: unexpected tensor '{extra[0]}' (shape "
+                         f"{tuple(tensors[extra[0]].shape)}) not in config {cfg_path}")
 
 
 def _atomic_write(path: Path, write) -> None:
