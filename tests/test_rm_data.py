@@ -337,11 +337,9 @@ def test_specific_reader_rejects_other_kind(tmp_path):
         read_ranked(path)
 
 
-def test_error_is_picklable():
-    import pickle
-
-    err = pickle.loads(pickle.dumps(PreferenceDataError("f.jsonl", 3, "bad")))
-    assert str(err) == "f.jsonl:3: bad" and err.line == 3
+def test_error_carries_file_line_and_reason():
+    err = PreferenceDataError("f.jsonl", 3, "bad")
+    assert str(err) == "f.jsonl:3: bad" and (err.path, err.line, err.reason) == ("f.jsonl", 3, "bad")
 
 
 # ---------------------------------------------------------------------- writing
