@@ -45,8 +45,8 @@ MODES = ("mean", "conservative")
 class RewardEnsemble(nn.Module):
     """Combine reward models: `score()` is their mean, or mean - k * std (conservative)."""
 
-    def __init__(self, models: Sequence[RewardModel], mode: Literal["mean", "conservative"] = "mean",
-                 k: float = 1.0):
+    def __init__(self, models: Sequence[RewardModel],
+                 mode: Literal["mean", "conservative"] = "mean", k: float = 1.0):
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one reward model")

@@ -80,11 +80,11 @@ def label_accuracy(scores: Sequence[Sequence[float]], records: Sequence[Preferen
     for s, r in zip(scores, records, strict=True):
         texts, ranking = _texts_and_ranking(r)
         for i, j in combinations(range(len(ranking)), 2):  # ranking[i] was preferred
-            w, l = ranking[i], ranking[j]
-            if texts[w] == texts[l]:
+            better, worse = ranking[i], ranking[j]
+            if texts[better] == texts[worse]:
                 continue
             total += 1
-            correct += int(s[w] > s[l])
+            correct += int(s[better] > s[worse])
     return (correct / total if total else float("nan")), total
 
 

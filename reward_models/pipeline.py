@@ -4,7 +4,7 @@
     2. the simulated labeler ranks each group by gold score with Bradley-Terry noise
        (`labeler_temperature`, see below);
     3. a reward model initialised from the SFT trunk is trained with the K-wise loss,
-       with early stopping on a held-out slice of the training prompts;
+       keeping the best state by loss on a held-out slice of the training prompts;
     4. it is calibrated on FRESH SFT samples (mean 0, std 1) and saved as
        out_dir/reward.safetensors + reward.json;
     5. it is evaluated on rankings of held-out (EVAL split) prompts and on Spearman
@@ -14,6 +14,19 @@ Labeler noise. The labeler prefers a over b with probability sigmoid((gold_a - g
 We use T = 0.1: a pair 0.1 apart in gold is ordered correctly 73% of the time, 0.3 apart
 95%, so close calls are genuinely noisy (like real labelers) while clear differences are
 labelled reliably. Pass `labeler_temperature` to study noisier labels.
+
+Tuned defaults (measured on the default SFT policy, 1 torch thread). The reward model's
+held-out gold accuracy grows with training compute (groups x epochs) far more than with
+anything else we tried, and it is the bulk of this stage's time: 4000 groups x 12 epochs
+reaches ~0.85 gold accuracy and ~0.77 Spearman on SFT samples in ~8 minutes (5000 x 9
+gives the same). What did
+not help: freezing lower layers (0.67 vs 0.75 at a small budget), starting from the base LM
+instead of the SFT policy (0.64), noise-free labels (T = 0: same accuracy; the model, not
+the label noise, is the bottleneck), larger batches or learning rates above 1e-3. What
+did: lr 1e-3 (vs 1e-4), a 10x learning rate on the fresh scalar head, and the centring
+penalty (`RMTrainConfig.center_coef`), which lifts the pooled Spearman correlation by
+removing arbitrary per-prompt offsets that comparisons cannot see. The hardest part of the
+gold score for the reward model is "is the requested aspect mentioned at all".
 
 The preference data is not written next to the assets (they must stay small); give
 `run_dir` to keep it (`train.jsonl`, `test.jsonl`) along with the training logs.
@@ -42,7 +55,7 @@ from textenv.tokenizer import Tokenizer, atomic_write_text
 class RewardPipelineConfig:
     k: int = 4
     """Responses ranked per prompt (2..9)."""
-    train_prompts: int = 5000
+    train_prompts: int = 4000
     """Ranked groups for training (prompts drawn from the train split, with repeats)."""
     test_prompts: int = 512
     """Ranked groups on held-out EVAL-split prompts, for the reported accuracies."""

@@ -45,7 +45,7 @@ from reward_models.model import RewardModel
 
 @dataclass
 class RMTrainConfig:
-    epochs: int = 9
+    epochs: int = 12
     """Maximum passes over the training records (early stopping may end sooner)."""
     batch_size: int = 32
     """Batch elements per step: prompts (K responses each) for rankings, pairs for pairwise."""

@@ -55,7 +55,7 @@ class Args:
     """Responses per ranking in the K-wise data."""
     groups: int = 2000
     """N: rankings in the K-wise data (pairwise gets N*K/2 pairs). The default build uses
-    RewardPipelineConfig.train_prompts; 2000 keeps this comparison to ~15 minutes."""
+    RewardPipelineConfig.train_prompts; 2000 keeps this comparison to ~20 minutes."""
     test_groups: int = 256
     """Held-out rankings (eval-split prompts) shared by all variants."""
     labeler_temperature: float = RewardPipelineConfig.labeler_temperature
@@ -113,7 +113,7 @@ def markdown(rows: list[dict], variants: list[str]) -> str:
         if not rs:
             continue
 
-        def fmt(key: str, digits: int = 3) -> str:
+        def fmt(key: str, digits: int = 3, rs: list[dict] = rs) -> str:
             x = np.array([r[key] for r in rs], dtype=float)
             s = f"{x.mean():.{digits}f}"
             return s + (f" ± {x.std():.{digits}f}" if len(x) > 1 else "")

@@ -21,6 +21,7 @@ from reward_models.ensemble import RewardEnsemble, train_ensemble
 from reward_models.evaluate import gold_accuracy, label_accuracy, rankdata, spearman
 from reward_models.model import RewardModel
 from reward_models.train import RMTrainConfig, calibrate, split_records, train_reward_model
+from textenv.assets import ASSETS_DIR
 from textenv.model import GPT, GPTConfig
 from textenv.tokenizer import WordTokenizer
 
@@ -57,7 +58,7 @@ def synthetic_rankings(n: int, k: int = 3, seed: int = 0) -> list[RankedRecord]:
     """Responses rank by their number of 'good' minus 'bad' words: easy to learn."""
     rng = np.random.default_rng(seed)
     records = []
-    for i in range(n):
+    for _ in range(n):
         prompt = " ".join(rng.choice(["a", "b", "c", "d"], size=int(rng.integers(1, 4))))
         responses, quality = [], []
         for j in range(k):
@@ -360,3 +361,19 @@ def test_pipeline_smoke(tmp_path):
     assert rm.score(["write a positive review of the pizza about the crust , short :"],
                     ["the crust was crispy . <eos>"]).shape == (1,)
     assert (tmp_path / "run" / "train.jsonl").exists()
+
+
+# ---- the shipped reward model, when it has been built --------------------------------------
+SHIPPED = ASSETS_DIR
+
+
+@pytest.mark.skipif(not (SHIPPED / "reward.json").exists(), reason="assets not built")
+def test_shipped_reward_model_loads_and_scores_consistently():
+    rm = RewardModel.load(SHIPPED)
+    prompts = ["write a positive review of the pizza about the crust , short :"] * 3
+    responses = ["the crust was crispy . <eos>", "the crust was soggy . <eos>",
+                 "i hated the screen . the screen was dim ."]
+    batch = rm.score(prompts, responses)
+    for i in range(3):
+        assert abs(rm.score(prompts[i:i + 1], responses[i:i + 1]).item() - batch[i].item()) <= TOL
+    assert batch[0] > batch[1]  # on-instruction beats wrong sentiment

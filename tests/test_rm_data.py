@@ -339,7 +339,8 @@ def test_specific_reader_rejects_other_kind(tmp_path):
 
 def test_error_carries_file_line_and_reason():
     err = PreferenceDataError("f.jsonl", 3, "bad")
-    assert str(err) == "f.jsonl:3: bad" and (err.path, err.line, err.reason) == ("f.jsonl", 3, "bad")
+    assert str(err) == "f.jsonl:3: bad"
+    assert (err.path, err.line, err.reason) == ("f.jsonl", 3, "bad")
 
 
 # ---------------------------------------------------------------------- writing
