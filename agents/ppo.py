@@ -164,8 +164,9 @@ def per_token_rewards(scores, logp, logp_ref, mask, beta: float, estimator: str)
     return rewards, kl
 
 
-def train(cfg: PPOConfig) -> dict:
-    """Train LM-PPO on TextGen-v0; returns the final evaluation and the metric history."""
+def make_ppo(cfg: PPOConfig):
+    """Build what a PPO run needs: (setup, agent, optimizer, KL controller, ptx documents or
+    None). train() uses it, and so does the benchmark, which times single iterations."""
     s = setup(cfg)
     agent = ActorCritic(s.reference, cfg.separate_critic)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
@@ -175,6 +176,12 @@ def train(cfg: PPOConfig) -> dict:
     if cfg.ptx_coef > 0:  # PPO-ptx: keep the pretraining distribution in view
         corpus = s.task.corpus(5000, np.random.default_rng(cfg.seed + 7))
         ptx_docs = [[s.tokenizer.bos_id] + s.tokenizer.encode(d) for d in corpus]
+    return s, agent, optimizer, kl_ctl, ptx_docs
+
+
+def train(cfg: PPOConfig) -> dict:
+    """Train LM-PPO on TextGen-v0; returns the final evaluation and the metric history."""
+    s, agent, optimizer, kl_ctl, ptx_docs = make_ppo(cfg)
 
     def iteration(it: int, progress: float) -> dict:
         return ppo_iteration(agent, optimizer, kl_ctl, s, cfg, it, progress, ptx_docs)
@@ -226,8 +233,10 @@ def ppo_iteration(agent: ActorCritic, optimizer, kl_ctl, s: Setup, cfg: PPOConfi
         rewards = masked_whiten(rewards, mask, shift_mean=False)
     advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
     advantages = masked_whiten(advantages, mask)
+    timing["old_logprobs"] = time.perf_counter() - t0  # one no-grad forward, rewards, GAE
 
     # 5. PPO update: epochs x minibatches over responses.
+    t0 = time.perf_counter()
     n = cfg.num_envs
     mb_size = max(1, n // cfg.num_minibatches)
     stats: dict[str, list[float]] = {k: [] for k in
@@ -286,6 +295,7 @@ def ppo_iteration(agent: ActorCritic, optimizer, kl_ctl, s: Setup, cfg: PPOConfi
         "charts/learning_rate": optimizer.param_groups[0]["lr"],
         "charts/tokens_per_second": ro.num_tokens / sum(timing.values()),
         "time/reference": timing["reference"],
+        "time/old_logprobs": timing["old_logprobs"],
         "time/update": timing["update"],
     })
     return metrics

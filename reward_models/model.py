@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -111,26 +112,46 @@ class RewardModel(nn.Module):
         dev = self.head.weight.device
         return ids.to(dev), mask.to(dev)
 
-    def raw_scores_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                            ) -> torch.Tensor:
+    def raw_scores_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            readout_only: bool = False) -> torch.Tensor:
         """Raw (un-normalised) scores (B,), differentiable: what the training losses use.
 
         input_ids, attention_mask: (B, T), mask True/1 on real tokens. Right padding is the
         convention; the last real token is found by position, so left padding works too.
+        readout_only: the last block computes only the last real token (same scores up to
+        float rounding, about a quarter less work). The scoring methods use it; training
+        does not, so that its arithmetic, and so the built assets, stay as they were.
         """
         mask = attention_mask.bool()  # (B, T)
         if not bool(mask.any(1).all()):
             raise ValueError("every row needs at least one real token (attention_mask all 0)")
-        hidden = self.transformer.trunk(input_ids, mask)  # (B, T, C)
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device).expand_as(mask)  # (B, T)
         last = torch.where(mask, positions, -1).max(1).values  # (B,) index of last real token
-        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
+        if readout_only:
+            h_last = self.transformer.trunk(input_ids, mask, readout=last)  # (B, C)
+        else:
+            hidden = self.transformer.trunk(input_ids, mask)  # (B, T, C)
+            h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
         return self.head(h_last).squeeze(-1)  # (B,)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Same as raw_scores_from_ids (nn.Module convention: model(ids, mask))."""
         return self.raw_scores_from_ids(input_ids, attention_mask)
+
+    @contextmanager
+    def _eval_mode(self):
+        """Eval mode (no dropout) inside the block, the previous mode after it. Switches
+        only when needed: Module.train() walks every submodule, which costs more than a
+        small scoring forward."""
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                self.train()
 
     @torch.no_grad()
     def raw_score(self, prompts: Sequence[str], responses: Sequence[str],
@@ -144,15 +165,11 @@ class RewardModel(nn.Module):
         # depend on its batch-mates, so the order is restored afterwards.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = torch.empty(len(seqs))
-        was_training = self.training
-        self.eval()  # deterministic: no dropout
-        try:
+        with self._eval_mode():
             for i in range(0, len(seqs), bs):
                 idx = order[i:i + bs]
                 ids, mask = self.collate([seqs[j] for j in idx])
-                out[idx] = self.raw_scores_from_ids(ids, mask).float().cpu()
-        finally:
-            self.train(was_training)
+                out[idx] = self.raw_scores_from_ids(ids, mask, readout_only=True).float().cpu()
         return out  # (B,)
 
     @torch.no_grad()
@@ -160,6 +177,17 @@ class RewardModel(nn.Module):
               batch_size: int | None = None) -> torch.Tensor:
         """Normalised rewards (B,): gain * raw + bias (SFT samples: mean 0, std 1)."""
         return self.gain * self.raw_score(prompts, responses, batch_size) + self.bias
+
+    @torch.no_grad()
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised rewards (B,) of sequences already tokenized as [bos] + prompt +
+        response, (B, T) with mask True on the tokens to read (holes are allowed: masked
+        tokens are skipped, as if absent). One forward, no chunking; what the envs call,
+        skipping a decode/encode round trip per finished episode."""
+        with self._eval_mode():
+            raw = self.raw_scores_from_ids(input_ids, attention_mask, readout_only=True)
+        raw = raw.float().cpu()  # (B,)
+        return self.gain * raw + self.bias  # (B,)
 
     def __repr__(self) -> str:
         c = self.config

@@ -21,12 +21,16 @@ Figures (keys of the JSON's "figures"):
                                      sampling seed (so both write the same tokens):
                                      (bare s/token) / (rollout s/token); the rollout's time
                                      includes the env's reward scoring, `..._excl_scoring`
-                                     subtracts it (timed around the env's reward function)
+                                     subtracts it (timed around the env's reward function);
+                                     `rollout_vs_generate_then_score_ratio` adds to the bare
+                                     side one batched call of the same reward function on
+                                     its responses (a hand-written generate-then-score loop)
   4. kv_cache_speedup                decoding 32 fixed tokens at batch 64 with the KV cache
                                      against a forward over the whole prefix every step
   5. ppo_*                           one LM-PPO iteration (agents.ppo.ppo_iteration) split
                                      into rollout (without scoring) / reward scoring (timed
-                                     inside the env) / reference log-probs / update;
+                                     inside the env) / reference log-probs / old log-probs,
+                                     values and GAE / update;
                                      ref_plus_scoring_fraction
   6. ppo_to_target_*                 (full run only) wall-clock for agents.ppo.train with the
                                      default PPOConfig to reach gold g0 + 0.5 (1 - g0) on
@@ -58,6 +62,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import tyro
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +84,9 @@ FIGURE_KEYS = (
     "rollout_tokens_per_s_n64",
     "rollout_vs_bare_generation_ratio",
     "rollout_vs_bare_generation_ratio_excl_scoring",
+    "rollout_vs_generate_then_score_ratio",
     "rollout_scoring_s",
+    "rollout_scoring_one_batch_s",
     "kv_cache_decode_s",
     "no_cache_decode_s",
     "kv_cache_speedup",
@@ -89,10 +96,12 @@ FIGURE_KEYS = (
     "ppo_scoring_s",
     "ppo_scoring_one_batch_s",
     "ppo_reference_s",
+    "ppo_old_logprobs_s",
     "ppo_update_s",
     "ppo_rollout_excl_scoring_fraction",
     "ppo_scoring_fraction",
     "ppo_reference_fraction",
+    "ppo_old_logprobs_fraction",
     "ppo_update_fraction",
     "ref_plus_scoring_fraction",
     "matmul_gflops",
@@ -181,7 +190,7 @@ def peak_rss_mb() -> float:
 
 class TimedReward:
     """Wraps an env's reward function: total seconds spent in it, calls, and every
-    (prompt, response) pair it scored (to re-score them in one batch)."""
+    sequence it scored (to re-score them all in one batch)."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -191,6 +200,7 @@ class TimedReward:
         self.seconds, self.calls = 0.0, 0
         self.prompts: list[str] = []
         self.responses: list[str] = []
+        self.id_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, prompts, responses):
         t0 = time.perf_counter()
@@ -200,6 +210,32 @@ class TimedReward:
         self.prompts += list(prompts)
         self.responses += list(responses)
         return out
+
+    def __getattr__(self, name):
+        # Offer score_ids exactly when the wrapped function does (the envs test for it).
+        if name == "score_ids" and hasattr(self.__dict__.get("fn"), "score_ids"):
+            return self._score_ids
+        raise AttributeError(name)
+
+    def _score_ids(self, ids, mask):
+        t0 = time.perf_counter()
+        out = self.fn.score_ids(ids, mask)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        self.id_batches.append((ids, mask))
+        return out
+
+    def rescore_in_one_batch(self) -> float:
+        """Score everything seen since reset() in ONE call (the batched ideal) -> seconds."""
+        t0 = time.perf_counter()
+        if self.id_batches:
+            width = max(ids.shape[1] for ids, _ in self.id_batches)
+            pad = lambda x, v: F.pad(x, (0, width - x.shape[1]), value=v)  # noqa: E731
+            self.fn.score_ids(torch.cat([pad(ids, 0) for ids, _ in self.id_batches]),
+                              torch.cat([pad(m, False) for _, m in self.id_batches]))
+        if self.prompts:
+            self.fn(self.prompts, self.responses)
+        return time.perf_counter() - t0
 
 
 def time_reward(envs) -> TimedReward:
@@ -297,7 +333,20 @@ def bench_rollout_vs_bare(cfg: BenchConfig, reward: str, policy, tokenizer, task
         t0 = time.perf_counter()
         out = policy.generate(prompt_ids, prompt_mask, T, eos_id=tokenizer.eos_id,
                               pad_id=tokenizer.pad_id, temperature=1.0, generator=g)
-        return time.perf_counter() - t0, out["response_ids"], int(out["response_mask"].sum())
+        tb = time.perf_counter() - t0
+        return tb, out["response_ids"], int(out["response_mask"].sum()), score_in_one_batch(out)
+
+    def score_in_one_batch(out) -> float:
+        """Bare generation's responses scored in ONE call of the env's reward function:
+        what a hand-written generate-then-score loop pays for the same rewards."""
+        t0 = time.perf_counter()
+        if hasattr(timer.fn, "score_ids"):
+            timer.fn.score_ids(torch.cat([prompt_ids, out["response_ids"]], 1),  # (N, Tp+Tr)
+                               torch.cat([prompt_mask, out["response_mask"]], 1))
+        else:
+            timer.fn(prompts, [tokenizer.decode(r[m].tolist())
+                               for r, m in zip(out["response_ids"], out["response_mask"])])
+        return time.perf_counter() - t0
 
     def rollout(seed: int):
         g = torch.Generator().manual_seed(seed)
@@ -307,18 +356,20 @@ def bench_rollout_vs_bare(cfg: BenchConfig, reward: str, policy, tokenizer, task
                              generator=g, pad_id=tokenizer.pad_id)
         return time.perf_counter() - t0, ro.response_ids, ro.num_tokens, timer.seconds
 
-    b_spt, r_spt, r_spt_ex, scoring, b_tps, r_tps, same = [], [], [], [], [], [], []
+    b_spt, bs_spt, r_spt, r_spt_ex, scoring, one_batch, b_tps, r_tps, same = ([] for _ in range(9))
     for rep in range(1 + repeats):  # rep 0 is the warm-up
         seed = cfg.seed + 1000 + rep
         if rep % 2 == 0:  # alternate the order so neither always runs first
-            tb, ids_b, nb = bare(seed)
+            tb, ids_b, nb, tsb = bare(seed)
             tr, ids_r, nr, ts = rollout(seed)
         else:
             tr, ids_r, nr, ts = rollout(seed)
-            tb, ids_b, nb = bare(seed)
+            tb, ids_b, nb, tsb = bare(seed)
         if rep == 0:
             continue
         b_spt.append(tb / nb)
+        bs_spt.append((tb + tsb) / nb)
+        one_batch.append(tsb)
         r_spt.append(tr / nr)
         r_spt_ex.append((tr - ts) / nr)
         scoring.append(ts)
@@ -331,7 +382,9 @@ def bench_rollout_vs_bare(cfg: BenchConfig, reward: str, policy, tokenizer, task
         "rollout_tokens_per_s_n64": median(r_tps),
         "rollout_vs_bare_generation_ratio": median(b_spt) / median(r_spt),
         "rollout_vs_bare_generation_ratio_excl_scoring": median(b_spt) / median(r_spt_ex),
+        "rollout_vs_generate_then_score_ratio": median(bs_spt) / median(r_spt),
         "rollout_scoring_s": median(scoring),
+        "rollout_scoring_one_batch_s": median(one_batch),
     }
     details = {"rollout_same_tokens_as_bare": all(same),
                "bare_generation_s_per_token": median(b_spt),
@@ -392,18 +445,12 @@ def bench_kv_cache(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> t
 
 # ---- 5: one LM-PPO iteration ------------------------------------------------------------------
 def bench_ppo_iteration(cfg: BenchConfig, reward: str, iterations: int) -> tuple[dict, dict]:
-    from agents.common import setup
-    from agents.core import AdaptiveKLController, FixedKLController
-    from agents.ppo import ActorCritic, PPOConfig, ppo_iteration
+    from agents.ppo import PPOConfig, make_ppo, ppo_iteration
 
     pcfg = PPOConfig(assets_dir=cfg.assets_dir, reward=reward, num_envs=cfg.num_envs,
                      max_new_tokens=cfg.max_new_tokens, threads=cfg.threads, seed=cfg.seed + 5,
                      progress=False, tensorboard=False)
-    s = setup(pcfg)  # as agents.ppo.train does
-    agent = ActorCritic(s.reference, pcfg.separate_critic)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=pcfg.learning_rate, eps=1e-5)
-    kl_ctl = (AdaptiveKLController(pcfg.init_kl_coef, pcfg.kl_target, pcfg.kl_horizon)
-              if pcfg.adaptive_kl else FixedKLController(pcfg.init_kl_coef))
+    s, agent, optimizer, kl_ctl, ptx_docs = make_ppo(pcfg)  # as agents.ppo.train builds them
     timer = time_reward(s.envs)
     steps = [0]  # optimizer steps (minibatch updates) of the current iteration
     optimizer.register_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
@@ -415,25 +462,24 @@ def bench_ppo_iteration(cfg: BenchConfig, reward: str, iterations: int) -> tuple
         steps[0] = 0
         t0 = time.perf_counter()
         # progress 0: the learning rate of the start of a run (no annealing yet)
-        m = ppo_iteration(agent, optimizer, kl_ctl, s, pcfg, it, 0.0, None)
+        m = ppo_iteration(agent, optimizer, kl_ctl, s, pcfg, it, 0.0, ptx_docs)
         wall = time.perf_counter() - t0
         in_env = timer.seconds
         # The same pairs re-scored in ONE call of the reward function (the batched ideal).
-        t1 = time.perf_counter()
-        timer.fn(timer.prompts, timer.responses)
-        one_batch = time.perf_counter() - t1
+        one_batch = timer.rescore_in_one_batch()
         log(f"  PPO iteration {it}{' (warm-up)' if it == 1 else ''}: {wall:.2f} s, "
             f"{steps[0]}/{max_steps} minibatch updates")
         if it > 1:
             rows.append({"wall": wall, "rollout": m["time/rollout"],
-                         "reference": m["time/reference"], "update": m["time/update"],
+                         "reference": m["time/reference"], "old_logprobs": m["time/old_logprobs"],
+                         "update": m["time/update"],
                          "scoring": in_env, "one_batch": one_batch, "calls": timer.calls,
                          "tokens": m["env/response_length"] * pcfg.num_envs,
                          "updates": steps[0]})
     s.envs.close()
     med = {k: median([r[k] for r in rows]) for k in rows[0]}
     rollout_ex = med["rollout"] - med["scoring"]
-    total = med["rollout"] + med["reference"] + med["update"]
+    total = med["rollout"] + med["reference"] + med["old_logprobs"] + med["update"]
     figures = {
         "ppo_iteration_s": total,
         "ppo_rollout_s": med["rollout"],
@@ -441,17 +487,20 @@ def bench_ppo_iteration(cfg: BenchConfig, reward: str, iterations: int) -> tuple
         "ppo_scoring_s": med["scoring"],
         "ppo_scoring_one_batch_s": med["one_batch"],
         "ppo_reference_s": med["reference"],
+        "ppo_old_logprobs_s": med["old_logprobs"],
         "ppo_update_s": med["update"],
         "ppo_rollout_excl_scoring_fraction": rollout_ex / total,
         "ppo_scoring_fraction": med["scoring"] / total,
         "ppo_reference_fraction": med["reference"] / total,
+        "ppo_old_logprobs_fraction": med["old_logprobs"] / total,
         "ppo_update_fraction": med["update"] / total,
         "ref_plus_scoring_fraction": (med["reference"] + med["scoring"]) / total,
     }
     details = {"ppo_iteration_wall_s": med["wall"], "ppo_reward_calls_per_rollout": med["calls"],
                "ppo_tokens_per_rollout": med["tokens"], "ppo_num_envs": pcfg.num_envs,
                "ppo_minibatch_updates": med["updates"], "ppo_minibatch_updates_max": max_steps,
-               "ppo_update_includes": "old log-probs/values forward, GAE, epochs x minibatches"}
+               "ppo_old_logprobs_includes": "no-grad log-probs/values forward, rewards, GAE",
+               "ppo_update_includes": "epochs x minibatches of forward + backward + step"}
     return figures, details
 
 
@@ -556,7 +605,8 @@ def ppo_time_to_target(assets_dir: str, target: float, *, threads: int, eval_eve
         return {}, details
     row, process_s = reached
     upto = [r for r in rows if r["iteration"] <= row["iteration"]]
-    train_s = sum(r["time/rollout"] + r["time/reference"] + r["time/update"] for r in upto)
+    train_s = sum(r["time/rollout"] + r["time/reference"] + r.get("time/old_logprobs", 0.0)
+                  + r["time/update"] for r in upto)
     return ({"ppo_to_target_wall_clock_s": row["charts/wall_clock"],
              "ppo_to_target_train_s": train_s,
              "ppo_to_target_process_s": process_s,
@@ -764,15 +814,20 @@ def markdown_table(result: dict) -> str:
         ("3", "  same, rollout without in-env reward scoring",
          f.get("rollout_vs_bare_generation_ratio_excl_scoring"),
          f"scoring {_fmt(f.get('rollout_scoring_s'))} s/rollout"),
+        ("3", "  rollout vs bare generation + the same scoring in one batch",
+         f.get("rollout_vs_generate_then_score_ratio"),
+         f"one batch {_fmt(f.get('rollout_scoring_one_batch_s'))} s/rollout"),
         ("4", f"decode {d.get('kv_new_tokens')} tokens at batch {d.get('kv_batch')}, KV cache (s)",
          f.get("kv_cache_decode_s"), ""),
         ("4", "  same, full recomputation (s)", f.get("no_cache_decode_s"), ""),
         ("4", "KV-cache speedup", f.get("kv_cache_speedup"), target("kv_cache_speedup")),
-        ("5", "LM-PPO iteration (s)", f.get("ppo_iteration_s"), "rollout + reference + update"),
+        ("5", "LM-PPO iteration (s)", f.get("ppo_iteration_s"),
+         "rollout + reference + old log-probs + update"),
     ]
     for key, label in (("rollout_excl_scoring", "rollout without scoring"),
                        ("scoring", "reward scoring (in env)"),
-                       ("reference", "reference log-probs"), ("update", "update")):
+                       ("reference", "reference log-probs"),
+                       ("old_logprobs", "old log-probs, values, GAE"), ("update", "update")):
         sec = f.get(f"ppo_{key}_s")
         frac = f.get(f"ppo_{key}_fraction")
         note = f"{100 * frac:.1f}% of the iteration" if frac is not None else ""

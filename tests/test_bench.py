@@ -72,7 +72,8 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
 
     _check_figures(result, bench.FIGURE_KEYS)
     fractions = [result["figures"][f"ppo_{k}_fraction"]
-                 for k in ("rollout_excl_scoring", "scoring", "reference", "update")]
+                 for k in ("rollout_excl_scoring", "scoring", "reference", "old_logprobs",
+                           "update")]
     assert sum(fractions) == pytest.approx(1.0)
     assert all(0 < f < 1 for f in fractions)
     assert result["figures"]["ref_plus_scoring_fraction"] == pytest.approx(

@@ -240,6 +240,25 @@ def test_learned_reward_is_the_reward_model():
     assert info["reward_model_score"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_learned_reward_scores_token_ids_like_the_decoded_text():
+    """The envs score finished episodes from token ids (no decode/encode round trip); the
+    reward equals the reward model's score of the decoded text, also when a response holds
+    pad or bos tokens (which decoding drops) and when it is cut at the length limit."""
+    from reward_models.model import RewardModel
+
+    rm = RewardModel.load(ASSETS, "reward")
+    tok = make().tokenizer
+    words = tok.encode("the crust was crispy and the staff were friendly .")
+    for actions in ([*words, tok.eos_id],
+                    [words[0], tok.pad_id, words[1], tok.bos_id, *words[2:5], tok.eos_id],
+                    [tok.pad_id, tok.bos_id, tok.pad_id],  # nothing left after decoding
+                    words[:4]):  # cut at max_new_tokens, no eos
+        env = TextGenEnv(assets_dir=ASSETS, max_new_tokens=len(actions))
+        _, rewards, info = run_episode(env, actions, seed=3)
+        expected = float(rm.score([info["prompt"]], [info["response"]])[0])
+        assert rewards[-1] == pytest.approx(expected, abs=1e-5), actions
+
+
 # ---- reference policy: KL shaping, masks, KV cache -------------------------------------------
 def test_kl_shaping_matches_full_forward():
     ref = GPT.load(ASSETS, "sft")  # an independent copy of the reference policy

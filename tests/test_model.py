@@ -93,6 +93,21 @@ def test_padding_invariance_left_and_right():
     assert torch.equal(model(ids, mask.bool()), batch)
 
 
+def test_trunk_readout_equals_full_trunk_at_those_positions():
+    """readout: the last block computes one position per row, with holes in the mask too."""
+    model = tiny(n_layer=3)
+    ids, mask = left_padded([3, 6, 1, 5], T=6)
+    mask[3, 2] = 0  # a hole inside a row
+    readout = torch.tensor([5, 2, 5, 4])
+    with torch.no_grad():
+        full = model.trunk(ids, mask)  # (B, T, C)
+        picked = model.trunk(ids, mask, readout=readout)  # (B, C)
+    assert picked.shape == (4, 16)
+    assert (picked - full[torch.arange(4), readout]).abs().max() <= TOL
+    with pytest.raises(ValueError, match="readout and kv_cache"):
+        model.trunk(ids, mask, readout=readout, kv_cache=KVCache(model.config, 4, 12))
+
+
 def test_token_logprobs_matches_log_softmax_and_temperature():
     model = tiny()
     ids, mask = left_padded([5, 3], T=5)

@@ -368,6 +368,22 @@ SHIPPED = ASSETS_DIR
 
 
 @pytest.mark.skipif(not (SHIPPED / "reward.json").exists(), reason="assets not built")
+def test_score_ids_equals_score_of_text():
+    rm = RewardModel.load(SHIPPED)
+    prompts = ["write a positive review of the pizza about the crust , short :"] * 2
+    responses = ["the crust was crispy . <eos>", "i hated the screen . the screen was dim ."]
+    ids, mask = rm.collate(rm.encode(prompts, responses))  # right-padded
+    by_ids = rm.score_ids(ids, mask)
+    assert (by_ids - rm.score(prompts, responses)).abs().max() <= TOL
+    # the training forward (all positions) gives the same raw scores as the readout path
+    full = rm.raw_scores_from_ids(ids, mask)
+    assert (rm.gain * full + rm.bias - by_ids).abs().max() <= TOL
+    rm.train()
+    rm.score_ids(ids, mask)
+    assert rm.training  # scoring restores the mode it found
+
+
+@pytest.mark.skipif(not (SHIPPED / "reward.json").exists(), reason="assets not built")
 def test_shipped_reward_model_loads_and_scores_consistently():
     rm = RewardModel.load(SHIPPED)
     prompts = ["write a positive review of the pizza about the crust , short :"] * 3

@@ -33,7 +33,14 @@ from textenv.tasks import Task, make_task
 from textenv.tokenizer import Tokenizer
 
 RewardFn = Callable[[list[str], list[str]], Any]
-"""f(prompts, responses) -> array-like (B,) of float scores, one per pair."""
+"""f(prompts, responses) -> array-like (B,) of float scores, one per pair.
+
+A reward function may also have a method `score_ids(input_ids, attention_mask)` taking the
+finished episodes as token ids, (B, T) int64 laid out [bos] + prompt + response and
+right-padded, with a bool mask (B, T) that is False on padding and on pad/bos tokens inside
+a response (the tokenizer drops those when decoding, so both views agree). The envs then
+call it instead of `f`, which skips decoding each response and encoding it again; the
+learned reward model does this."""
 
 REWARD_PRESETS = ("learned", "gold")
 ACTION_MASKS = (None, "top_k", "top_p")
@@ -71,18 +78,26 @@ def _reward_model(assets_dir: Path):
     return RewardModel.load(assets_dir, "reward")
 
 
+class LearnedReward:
+    """reward="learned": the reward model's normalised score, from text or from token ids."""
+
+    def __init__(self, reward_model):
+        self.reward_model = reward_model
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return self.reward_model.score(prompts, responses)  # (B,)
+
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.reward_model.score_ids(input_ids, attention_mask)  # (B,)
+
+
 def make_reward_fn(reward: str | RewardFn, task: Task, assets_dir: str | Path = ASSETS_DIR
                    ) -> RewardFn:
     """Resolve the `reward` argument of the envs into a batched scoring function."""
     if callable(reward):
         return reward
     if reward == "learned":
-        rm = _reward_model(Path(assets_dir).resolve())
-
-        def learned(prompts: list[str], responses: list[str]):
-            with torch.no_grad():
-                return rm.score(prompts, responses)
-        return learned
+        return LearnedReward(_reward_model(Path(assets_dir).resolve()))
     if reward == "gold":
         if not hasattr(task, "gold_score"):
             raise ValueError(f"reward='gold' needs a task with gold_score; {task!r} has none")
@@ -249,7 +264,12 @@ class EpisodeBatch:
         Returns scores (len(rows),) and each row's final info."""
         prompts = [self.prompts[i] for i in rows]
         responses = [self.tokenizer.decode(self.response_ids(i)) for i in rows]
-        scores = _as_scores(self.reward_fn(prompts, responses), len(rows))
+        if hasattr(self.reward_fn, "score_ids"):
+            ids, mask = self.sequences(rows)
+            values = self.reward_fn.score_ids(torch.from_numpy(ids), torch.from_numpy(mask))
+        else:
+            values = self.reward_fn(prompts, responses)
+        scores = _as_scores(values, len(rows))
         infos = []
         for j, i in enumerate(rows):
             info = {"prompt": prompts[j], "response": responses[j],
@@ -262,6 +282,18 @@ class EpisodeBatch:
             info["eos"] = bool(self.eos[i])
             infos.append(info)
         return scores, infos
+
+    def sequences(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[bos] + prompt + response of `rows`, right-padded: ids (R, W) int64 and mask
+        (R, W) bool, False on padding and on pad/bos tokens inside a response (which
+        decoding drops), so the ids say exactly what the decoded text says."""
+        total = self.prompt_len[rows] + self.resp_len[rows]  # (R,)
+        width = int(total.max())
+        ids = self.tokens[rows, :width]  # (R, W) rows are pad-filled past their end
+        col = np.arange(width)[None, :]  # (1, W)
+        in_response = col >= self.prompt_len[rows][:, None]  # (R, W)
+        dropped = in_response & ((ids == self.pad_id) | (ids == self.tokenizer.bos_id))
+        return ids, (col < total[:, None]) & ~dropped
 
     def response_ids(self, i: int) -> np.ndarray:
         start = self.prompt_len[i]

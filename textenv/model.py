@@ -86,12 +86,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask, kv_cache: KVCache | None = None):
+    def forward(self, x, attn_mask, kv_cache: KVCache | None = None, readout=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        if readout is not None:  # one query per row (B,); keys and values stay all positions
+            rows = torch.arange(B, device=x.device)
+            q = q[rows, :, readout].unsqueeze(2)  # (B, H, 1, D)
+            attn_mask = attn_mask[rows, :, readout].unsqueeze(2)  # (B, 1, 1, S)
+            T = 1
         if kv_cache is not None:
             # Write this chunk into its slot, then attend over everything filled so far.
             L = kv_cache.length
@@ -120,8 +125,12 @@ class Block(nn.Module):
             nn.Dropout(config.dropout),
         )
 
-    def forward(self, x, attn_mask, kv_cache=None):
-        x = x + self.attn(self.ln1(x), attn_mask, kv_cache)  # (B, T, C)
+    def forward(self, x, attn_mask, kv_cache=None, readout=None):
+        """readout (B,) positions: compute only those (one per row) -> (B, 1, C)."""
+        a = self.attn(self.ln1(x), attn_mask, kv_cache, readout)  # (B, T, C) or (B, 1, C)
+        if readout is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), readout].unsqueeze(1)  # (B, 1, C)
+        x = x + a  # (B, T, C)
         return x + self.mlp(self.ln2(x))  # (B, T, C)
 
 
@@ -153,10 +162,18 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() skips the tied duplicate
 
-    def trunk(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
-        """Hidden states (B, T, C) after the final LayerNorm."""
+    def trunk(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None,
+              readout=None):
+        """Hidden states (B, T, C) after the final LayerNorm.
+
+        readout (B,) int64: when only one position per row is needed (a reward model's
+        last token), the last block computes just that position and trunk returns (B, C).
+        Same values up to float rounding, for about (n_layer - 1) / n_layer of the compute.
+        """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
+        if readout is not None and kv_cache is not None:
+            raise ValueError("readout and kv_cache cannot be combined")
         B, T = input_ids.shape
         dev = input_ids.device
         mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
@@ -192,10 +209,13 @@ class GPT(nn.Module):
         attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
 
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, attn_mask, kv_cache)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = block(x, attn_mask, kv_cache, readout if last else None)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.length = S
+        if readout is not None:
+            return self.ln_f(x[:, 0])  # (B, C)
         return self.ln_f(x)  # (B, T, C)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
