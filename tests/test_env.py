@@ -132,6 +132,8 @@ def test_unknown_names_list_valid_ones():
         make(kl_coef=-1.0)
     with pytest.raises(ValueError, match="block_size"):
         make(kl_coef=0.1, max_new_tokens=500)
+    with pytest.raises(ValueError, match="reward model's block_size"):
+        make(reward="learned", max_new_tokens=500)  # at construction, not mid-episode
 
 
 def test_bad_prompts_raise():

@@ -166,6 +166,12 @@ class EpisodeBatch:
         self.max_prompt_len = 1 + self.task.max_prompt_tokens  # bos + prompt
         self.seq_len = self.max_prompt_len + self.max_new_tokens  # L
         self.pad_id, self.eos_id = self.tokenizer.pad_id, self.tokenizer.eos_id
+        reward_model = getattr(self.reward_fn, "reward_model", None)
+        if reward_model is not None and reward_model.config.block_size < self.seq_len:
+            # Fail now, not when the first long response ends mid-training.
+            raise ValueError(
+                f"the reward model's block_size {reward_model.config.block_size} is shorter than "
+                f"1 + max_prompt_tokens + max_new_tokens = {self.seq_len}; lower max_new_tokens")
         self.tokens = np.full((self.n, self.seq_len), self.pad_id, dtype=np.int64)  # (N, L)
         self.prompt_len = np.zeros(self.n, dtype=np.int64)  # (N,) bos + prompt tokens
         self.resp_len = np.zeros(self.n, dtype=np.int64)  # (N,) response tokens so far
