@@ -40,8 +40,8 @@ class GRPOConfig(RunConfig):
     """Where metrics.csv, TensorBoard events and checkpoints go."""
     group_size: int = 8
     """Responses per prompt (num_envs must be a multiple of it)."""
-    learning_rate: float = 2e-5
-    """Adam learning rate."""
+    learning_rate: float = 1e-4
+    """Adam learning rate (best of 2e-5, 1e-4, 3e-4 on seed 0 at 20k env steps)."""
     beta: float = 0.05
     """Weight of the per-token k3 KL to the reference in the loss."""
     clip_coef: float = 0.2

@@ -67,9 +67,8 @@ def plot_frontier(points: dict[str, list[tuple[float, float]]], path: str | Path
         if not pts:
             continue
         kl, gold = np.array(pts).T
-        order = np.argsort(kl)
-        ax.plot(np.sqrt(np.maximum(kl[order], 0)), gold[order], "o-", ms=3, label=name,
-                alpha=0.8)
+        # Points, not a line: they come from several seeds and evaluations, in no order.
+        ax.scatter(np.sqrt(np.maximum(kl, 0)), gold, s=14, label=name, alpha=0.7)
     ax.set_xlabel("sqrt KL(policy || reference)  (sqrt nats)")
     ax.set_ylabel("gold score")
     ax.set_title(title)

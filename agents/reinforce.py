@@ -38,8 +38,8 @@ from agents.rollout import (
 class ReinforceConfig(RunConfig):
     run_dir: str = "runs/reinforce"
     """Where metrics.csv, TensorBoard events and checkpoints go."""
-    learning_rate: float = 2e-5
-    """Adam learning rate."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (best of 2e-5, 1e-4, 3e-4, 1e-3 on seed 0 at 20k env steps)."""
     kl_coef: float = 0.05
     """beta: return = score - beta * KL(policy || reference) of the response."""
     baseline_decay: float = 0.9

@@ -39,8 +39,8 @@ class RLOOConfig(RunConfig):
     """Where metrics.csv, TensorBoard events and checkpoints go."""
     rloo_k: int = 4
     """Responses per prompt (num_envs must be a multiple of it)."""
-    learning_rate: float = 2e-5
-    """Adam learning rate."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (best of 2e-5, 1e-4, 3e-4, 1e-3 on seed 0 at 20k env steps)."""
     kl_coef: float = 0.05
     """beta: return = score - beta * KL(policy || reference) of the response."""
     max_grad_norm: float = 1.0

@@ -86,6 +86,10 @@ def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
     assert 0.0 <= final["eval/gold_mean"] <= 1.0
     assert math.isfinite(final["eval/reward_mean"]) and math.isfinite(final["eval/kl"])
     assert (tmp_path / algo / "final_eval.json").exists()
+    if algo == "sb3-ppo":  # 2 rollouts of 16 steps: every env ends an episode (<= 24 tokens)
+        rows = _metrics(tmp_path / algo)
+        assert len(rows) == len(result["history"]) >= 1
+        assert float(rows[1]["env/gold_mean"]) == result["history"][0]["env/gold_mean"]
     if algo not in ("best-of-n", "sb3-ppo"):
         steps = [row["charts/env_steps"] for row in result["history"]]
         assert steps[-1] >= cfg.total_env_steps > (steps[-2] if len(steps) > 1 else 0)
