@@ -167,8 +167,9 @@ class GPT(nn.Module):
         """Hidden states (B, T, C) after the final LayerNorm.
 
         readout (B,) int64: when only one position per row is needed (a reward model's
-        last token), the last block computes just that position and trunk returns (B, C).
-        Same values up to float rounding, for about (n_layer - 1) / n_layer of the compute.
+        last token), the last block computes just that position (keys and values still
+        come from every position) and trunk returns (B, C): the same values up to float
+        rounding, with most of the last block's work skipped.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
