@@ -14,7 +14,9 @@ other processes already kept the cores busy.
 Figures (keys of the JSON's "figures"):
   1. single_env_steps_per_s          uniform random actions in gym.make("TextGen-v0")
   2. vector_env_tokens_per_s_n64     the same in gym.make_vec(..., num_envs=64); tokens =
-                                     env steps x num_envs
+                                     env steps x num_envs; `vector_env_kl_autoreset_...`:
+                                     with the reference policy on (kl_coef 0.05) and 6% EOS
+                                     actions, so that envs autoreset at spread-out steps
   3. rollout_vs_bare_generation_ratio
                                      agents.rollout.collect_rollout through the vector env
                                      against model.generate on the same prompts with the same
@@ -79,6 +81,7 @@ from textenv.assets import ASSETS_DIR  # noqa: E402
 FIGURE_KEYS = (
     "single_env_steps_per_s",
     "vector_env_tokens_per_s_n64",
+    "vector_env_kl_autoreset_tokens_per_s_n64",
     "vector_vs_single_speedup",
     "bare_generation_tokens_per_s_n64",
     "rollout_tokens_per_s_n64",
@@ -294,15 +297,28 @@ def bench_single_env(cfg: BenchConfig, reward: str, steps: int, repeats: int) ->
 
 
 def bench_vector_env(cfg: BenchConfig, reward: str, steps: int, repeats: int) -> dict:
+    """Random actions at N=64: uniform ones (figure 2), and with the reference policy on
+    (kl_coef 0.05) and EOS drawn 6% of the time, so that episodes end at spread-out steps
+    and some envs autoreset on most steps (figure 2b)."""
+    return {"vector_env_tokens_per_s_n64":
+            _vector_env_tokens_per_s(cfg, reward, steps, repeats, kl_coef=0.0, p_eos=None),
+            "vector_env_kl_autoreset_tokens_per_s_n64":
+            _vector_env_tokens_per_s(cfg, reward, steps, repeats, kl_coef=0.05, p_eos=0.06)}
+
+
+def _vector_env_tokens_per_s(cfg: BenchConfig, reward: str, steps: int, repeats: int, *,
+                             kl_coef: float, p_eos: float | None) -> float:
     n = cfg.num_envs
     envs = gym.make_vec("TextGen-v0", num_envs=n, vectorization_mode="vector_entry_point",
-                        reward=reward, assets_dir=cfg.assets_dir)
+                        reward=reward, kl_coef=kl_coef, assets_dir=cfg.assets_dir)
     rng = np.random.default_rng(cfg.seed + 1)
-    vocab = envs.single_action_space.n
+    vocab, eos = envs.single_action_space.n, envs.unwrapped.tokenizer.eos_id
     envs.reset(seed=cfg.seed)
 
     def timed(k: int) -> float:
         actions = rng.integers(0, vocab, size=(k, n))  # uniform random token ids
+        if p_eos is not None:
+            actions[rng.random((k, n)) < p_eos] = eos
         t0 = time.perf_counter()
         for a in actions:
             envs.step(a)
@@ -311,7 +327,7 @@ def bench_vector_env(cfg: BenchConfig, reward: str, steps: int, repeats: int) ->
     timed(min(steps, 10))
     times = [timed(steps) for _ in range(repeats)]
     envs.close()
-    return {"vector_env_tokens_per_s_n64": steps * n / median(times)}
+    return steps * n / median(times)
 
 
 # ---- 3: rollout through the env vs bare generation -----------------------------------------
@@ -806,6 +822,8 @@ def markdown_table(result: dict) -> str:
         ("2", f"vector env tokens/s, N={n} (random actions)",
          f.get("vector_env_tokens_per_s_n64"),
          f"{_fmt(f.get('vector_vs_single_speedup'))}x single env"),
+        ("2", f"  same with kl_coef 0.05 (reference policy) and 6% EOS (autoresets), N={n}",
+         f.get("vector_env_kl_autoreset_tokens_per_s_n64"), ""),
         ("3", f"bare generation tokens/s, N={n}", f.get("bare_generation_tokens_per_s_n64"), ""),
         ("3", f"rollout through vector env tokens/s, N={n}", f.get("rollout_tokens_per_s_n64"),
          ""),

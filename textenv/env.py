@@ -131,7 +131,8 @@ class EpisodeBatch:
 
     When the reference policy is needed (kl_coef > 0 or an action mask), `next_logp` (N, V)
     holds log pi_ref(. | row's tokens so far), kept up to date with a KV cache: one prefill
-    at reset, then one 1-token forward per step for the whole batch.
+    at reset, then one 1-token forward per step for the whole batch (plus a prefill of the
+    new prompts on a step where some rows reset).
     """
 
     def __init__(self, num_envs: int, *, task: str | Task, reward: str | RewardFn,
@@ -193,9 +194,9 @@ class EpisodeBatch:
                     f"1 + max_prompt_tokens + max_new_tokens = {self.seq_len}; lower "
                     f"max_new_tokens")
             dtype = next(ref.parameters()).dtype
-            # A prefill takes <= L slots and at most max_new_tokens - 1 one-token steps follow
-            # before every row has ended (a reset then re-prefills from slot 0);
-            # refresh_reference still re-prefills if a step would overflow, as a safety net.
+            # A full prefill takes <= L slots and every step adds one; a partial reset reuses
+            # the last slots. When a step would overflow, refresh_reference re-prefills the
+            # batch from slot 0 (with vector-env autoresets: about every max_new_tokens steps).
             self._cache = KVCache(ref.config, self.n, self.seq_len + self.max_new_tokens,
                                   dtype=dtype)
 
@@ -307,13 +308,17 @@ class EpisodeBatch:
 
     # ---- reference policy ----
     @torch.no_grad()
-    def refresh_reference(self, full: bool) -> None:
-        """Bring next_logp up to date after start() (full=True) or append() (full=False).
+    def refresh_reference(self, full: bool = False, reset_rows: np.ndarray | None = None
+                          ) -> None:
+        """Bring next_logp up to date after start() and/or append().
 
-        full: prefill the KV cache with every row's tokens so far, LEFT-padded (one forward
-        over (N, up to L) tokens: the cost of a reset, paid by the whole batch).
+        full: prefill the KV cache with every row's tokens so far (one forward over (N, up to
+        L) tokens): after a reset of all rows, or when the cache is full.
         Otherwise: feed each still-running row its last token (one forward over (N, 1));
-        finished rows feed a masked pad.
+        finished rows feed a masked pad. Rows in `reset_rows` (just start()ed) feed a masked
+        pad too, then their new prompts are prefilled on their own (one forward over
+        (R, prompt width)) and copied into the cache's last slots, with their old keys
+        masked out: a partial reset costs its own rows, not a re-prefill of the batch.
         """
         if not self.uses_reference:
             return
@@ -321,24 +326,50 @@ class EpisodeBatch:
         if not running.any():
             return  # nothing will be stepped before the next start()
         cache = self._cache
-        if full or cache.length + 1 > cache.max_len:
-            total = self.prompt_len + self.resp_len  # (N,) real tokens per row
-            width = int(total.max())
-            # Left-pad without a Python loop: column j of row i reads tokens[i, j - offset_i].
-            src = np.arange(width)[None, :] - (width - total)[:, None]  # (N, W)
-            mask = src >= 0  # (N, W)
-            ids = np.where(mask, np.take_along_axis(self.tokens, np.maximum(src, 0), 1),
-                           self.pad_id)  # (N, W)
+        resetting = np.zeros(self.n, dtype=bool)  # (N,)
+        if reset_rows is not None:
+            resetting[reset_rows] = True
+        prompt_width = int(self.prompt_len[resetting].max()) if resetting.any() else 0
+        if full or cache.length + 1 > cache.max_len or cache.length + 1 < prompt_width:
+            ids, mask = self._left_padded(np.arange(self.n))  # (N, W)
             cache.reset()
             logits = self.reference(torch.from_numpy(ids), torch.from_numpy(mask),
                                     kv_cache=cache)[:, -1]  # (N, V) last column is real
-        else:
-            rows = np.arange(self.n)
-            last = self.tokens[rows, np.maximum(self.prompt_len + self.resp_len - 1, 0)]  # (N,)
-            last = np.where(running, last, self.pad_id)
-            logits = self.reference(torch.from_numpy(last)[:, None],
-                                    torch.from_numpy(running)[:, None], kv_cache=cache)[:, -1]
+            self.next_logp = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+            return
+        stepping = running & ~resetting  # (N,)
+        rows = np.arange(self.n)
+        last = self.tokens[rows, np.maximum(self.prompt_len + self.resp_len - 1, 0)]  # (N,)
+        last = np.where(stepping, last, self.pad_id)
+        logits = self.reference(torch.from_numpy(last)[:, None],
+                                torch.from_numpy(stepping)[:, None], kv_cache=cache)[:, -1]
+        if resetting.any():
+            r = np.flatnonzero(resetting)
+            rt = torch.from_numpy(r)
+            ids, mask = self._left_padded(r)  # (R, P) the new prompts
+            fresh = KVCache(self.reference.config, len(r), ids.shape[1], dtype=cache.k.dtype)
+            logits[rt] = self.reference(torch.from_numpy(ids), torch.from_numpy(mask),
+                                        kv_cache=fresh)[:, -1]  # (R, V)
+            # The prompt takes the cache's last P slots (its causal order is kept); the old
+            # episode's slots are masked out. Positions restart from the prompt's length.
+            P, L = ids.shape[1], cache.length
+            cache.k[:, rt, :, L - P:L] = fresh.k  # (n_layer, R, H, P, D)
+            cache.v[:, rt, :, L - P:L] = fresh.v
+            cache.key_mask[rt] = False
+            cache.key_mask[rt, L - P:L] = fresh.key_mask
+            cache.next_pos[rt] = fresh.next_pos
         self.next_logp = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+
+    def _left_padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens so far of `rows`, LEFT-padded: ids (R, W) int64 and mask (R, W) bool."""
+        total = self.prompt_len[rows] + self.resp_len[rows]  # (R,) real tokens per row
+        width = int(total.max())
+        # Without a Python loop: column j of row i reads tokens[i, j - offset_i].
+        src = np.arange(width)[None, :] - (width - total)[:, None]  # (R, W)
+        mask = src >= 0  # (R, W)
+        ids = np.where(mask, np.take_along_axis(self.tokens[rows], np.maximum(src, 0), 1),
+                       self.pad_id)  # (R, W)
+        return ids, mask
 
     def action_masks(self) -> np.ndarray:
         """(N, V) bool: the reference's top-k / top-p tokens per row; all True when masks are

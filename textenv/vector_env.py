@@ -62,9 +62,11 @@ class TextGenVectorEnv(VectorEnv):
 
     Cost of the reference policy (only run when kl_coef > 0 or an action mask is on):
     a full reset prefills the KV cache once; a step costs one 1-token forward over the
-    batch; a step on which some env autoresets re-prefills the WHOLE batch from the
-    current token sequences (left-padded, one forward over up to (N, L) tokens), because
-    all rows of a KV cache share its slots.
+    batch; a step on which some envs autoreset adds one forward over just their new prompts,
+    written into the cache's last slots with their old episodes masked out. All rows share
+    the cache's slots, so under continuous autoresets it fills after about max_new_tokens
+    steps; the whole batch is then re-prefilled from its current tokens (one forward over up
+    to (N, L) tokens), which compacts it.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4,
@@ -217,8 +219,8 @@ class TextGenVectorEnv(VectorEnv):
             array[reset_rows] = prompts
             infos["prompt"] = array
             infos["_prompt"] = finished | resetting
-        # One batched reference forward: a re-prefill if any env reset, else 1 token each.
-        core.refresh_reference(full=len(reset_rows) > 0)
+        # One batched 1-token reference forward, plus a prefill of the new prompts if any.
+        core.refresh_reference(reset_rows=reset_rows)
 
         self._autoreset = finished
         if self.render_mode == "human":
