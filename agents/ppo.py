@@ -169,7 +169,8 @@ def make_ppo(cfg: PPOConfig):
     None). train() uses it, and so does the benchmark, which times single iterations."""
     s = setup(cfg)
     agent = ActorCritic(s.reference, cfg.separate_critic)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
     ptx_docs = None

@@ -51,7 +51,8 @@ class ReinforceConfig(RunConfig):
 def train(cfg: ReinforceConfig) -> dict:
     s = setup(cfg)
     policy = trainable_copy(s.reference)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
     baseline = {"value": None}
 
     def iteration(it: int, progress: float) -> dict:

