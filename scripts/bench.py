@@ -26,7 +26,13 @@ Figures (keys of the JSON's "figures"):
                                      subtracts it (timed around the env's reward function);
                                      `rollout_vs_generate_then_score_ratio` adds to the bare
                                      side one batched call of the same reward function on
-                                     its responses (a hand-written generate-then-score loop)
+                                     its responses (a hand-written generate-then-score loop);
+                                     `generate_then_score_vs_bare_generation_ratio` is that
+                                     loop against bare generation alone: the ceiling of
+                                     rollout_vs_bare_generation_ratio for any rollout that
+                                     scores with this reward model on the same cores
+                                     (one batch is the cheapest way to score, and nothing
+                                     else overlaps it)
   4. kv_cache_speedup                decoding 32 fixed tokens at batch 64 with the KV cache
                                      against a forward over the whole prefix every step
   5. ppo_*                           one LM-PPO iteration (agents.ppo.ppo_iteration) split
@@ -88,6 +94,7 @@ FIGURE_KEYS = (
     "rollout_vs_bare_generation_ratio",
     "rollout_vs_bare_generation_ratio_excl_scoring",
     "rollout_vs_generate_then_score_ratio",
+    "generate_then_score_vs_bare_generation_ratio",
     "rollout_scoring_s",
     "rollout_scoring_one_batch_s",
     "kv_cache_decode_s",
@@ -399,6 +406,7 @@ def bench_rollout_vs_bare(cfg: BenchConfig, reward: str, policy, tokenizer, task
         "rollout_vs_bare_generation_ratio": median(b_spt) / median(r_spt),
         "rollout_vs_bare_generation_ratio_excl_scoring": median(b_spt) / median(r_spt_ex),
         "rollout_vs_generate_then_score_ratio": median(bs_spt) / median(r_spt),
+        "generate_then_score_vs_bare_generation_ratio": median(b_spt) / median(bs_spt),
         "rollout_scoring_s": median(scoring),
         "rollout_scoring_one_batch_s": median(one_batch),
     }
@@ -835,6 +843,9 @@ def markdown_table(result: dict) -> str:
         ("3", "  rollout vs bare generation + the same scoring in one batch",
          f.get("rollout_vs_generate_then_score_ratio"),
          f"one batch {_fmt(f.get('rollout_scoring_one_batch_s'))} s/rollout"),
+        ("3", "  bare generation + scoring in one batch vs bare generation",
+         f.get("generate_then_score_vs_bare_generation_ratio"),
+         "ceiling of the rollout ratio while the reward model runs after generation"),
         ("4", f"decode {d.get('kv_new_tokens')} tokens at batch {d.get('kv_batch')}, KV cache (s)",
          f.get("kv_cache_decode_s"), ""),
         ("4", "  same, full recomputation (s)", f.get("no_cache_decode_s"), ""),

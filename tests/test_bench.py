@@ -78,6 +78,8 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     assert all(0 < f < 1 for f in fractions)
     assert result["figures"]["ref_plus_scoring_fraction"] == pytest.approx(
         fractions[1] + fractions[2])
+    # Bare generation plus a scoring pass takes longer than bare generation alone.
+    assert result["figures"]["generate_then_score_vs_bare_generation_ratio"] < 1
     machine = result["machine"]
     assert set(bench.MACHINE_KEYS) <= set(machine)
     assert machine["torch_threads"] == 1  # --threads is applied and reported
