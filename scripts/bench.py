@@ -30,9 +30,8 @@ Figures (keys of the JSON's "figures"):
                                      `generate_then_score_vs_bare_generation_ratio` is that
                                      loop against bare generation alone: the ceiling of
                                      rollout_vs_bare_generation_ratio for any rollout that
-                                     scores with this reward model on the same cores
-                                     (one batch is the cheapest way to score, and nothing
-                                     else overlaps it)
+                                     runs this reward model after (not beside) decoding,
+                                     since one batch is the cheapest way to score
   4. kv_cache_speedup                decoding 32 fixed tokens at batch 64 with the KV cache
                                      against a forward over the whole prefix every step
   5. ppo_*                           one LM-PPO iteration (agents.ppo.ppo_iteration) split
