@@ -7,9 +7,9 @@
     quality.json                   measured quality of this build
     build_config.json              the config that produced them
 
-They are written by `scripts/build_assets.py` (see the README to rebuild). Loading reads
-safetensors and JSON only: it never executes code. A missing or corrupt file raises an
-error naming it.
+They are written by `textenv build-assets` (docs/reward_models.md says how to rebuild).
+Loading reads safetensors and JSON only: it never executes code. A missing or corrupt file
+raises an error naming it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _check(directory: Path, *names: str) -> None:
         if not (directory / name).exists():
             raise FileNotFoundError(
                 f"asset file not found: {directory / name} "
-                f"(rebuild the default assets with `python scripts/build_assets.py`)")
+                f"(rebuild the default assets with `textenv build-assets`)")
 
 
 def load_tokenizer(directory: str | Path = ASSETS_DIR) -> WordTokenizer:
@@ -61,9 +61,12 @@ def read_quality(directory: str | Path = ASSETS_DIR) -> dict:
     return json.loads((directory / "quality.json").read_text())
 
 
-@lru_cache(maxsize=4)
-def cached_default(name: str) -> GPT:
-    """Shared read-only copy of a shipped model (envs reuse it instead of reloading)."""
-    model = load_policy(name)
-    model.requires_grad_(False)
-    return model
+def load_reference(directory: str | Path = ASSETS_DIR) -> GPT:
+    """The SFT policy of `directory` as the frozen reference policy: loaded once per
+    directory and shared read-only (envs, wrappers and agents reuse one copy)."""
+    return _load_reference(Path(directory).resolve())
+
+
+@lru_cache(maxsize=8)
+def _load_reference(directory: Path) -> GPT:
+    return load_policy("sft", directory).requires_grad_(False)

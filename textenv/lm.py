@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from textenv.model import GPT
+from textenv.runlog import Progress
 from textenv.tokenizer import Tokenizer
 
 
@@ -90,6 +90,14 @@ def make_sft_batch(prompts: Sequence[list[int]], responses: Sequence[list[int]],
     return LMBatch(ids, mask, loss_mask)
 
 
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, floor: float = 0.1) -> float:
+    """The learning-rate multiplier every trainer here uses: linear warm-up over
+    `warmup_steps`, then a cosine decay from 1 to `floor` at `total_steps`."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    cos = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    return warm * (floor + (1 - floor) * cos)
+
+
 def train_lm(model: GPT, sample_batch: Callable[[np.random.Generator], LMBatch], *, steps: int,
              lr: float, seed: int, weight_decay: float = 0.1, warmup: int = 50,
              desc: str = "train", log: Callable[[int, float], None] | None = None) -> list[float]:
@@ -100,12 +108,10 @@ def train_lm(model: GPT, sample_batch: Callable[[np.random.Generator], LMBatch],
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
                             betas=(0.9, 0.95))
     losses = []
-    bar = tqdm(range(steps), desc=desc, mininterval=1.0)
-    for step in bar:
-        warm = min(1.0, (step + 1) / warmup)
-        cos = 0.5 * (1 + math.cos(math.pi * step / steps))
+    bar = Progress(steps, desc=desc, unit="step")
+    for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr * warm * (0.1 + 0.9 * cos)
+            group["lr"] = lr * warmup_cosine(step, steps, warmup)
         batch = sample_batch(rng)
         loss = lm_loss(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
         if not torch.isfinite(loss):
@@ -115,10 +121,10 @@ def train_lm(model: GPT, sample_batch: Callable[[np.random.Generator], LMBatch],
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.update(1, loss=loss.item())
         if log is not None:
             log(step, loss.item())
+    bar.close()
     model.eval()
     return losses
 

@@ -10,17 +10,15 @@ logits) as the row on its own. Pad tokens are never attended to as keys.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from textenv.storage import check_tensors, load_tensors, read_json, save_tensors, write_json
 
 
 @dataclass
@@ -42,9 +40,53 @@ class GPTConfig:
     tie_embeddings: bool = True
     """lm_head shares the token embedding weights."""
 
+    # Checked before any tensor is allocated: a typo in a config file must not try to
+    # allocate a billion layers or fail deep inside torch.
+    MAX_PARAMS = 2_000_000_000
+    """Parameter-count ceiling (a GPT-2 XL is 1.6e9)."""
+    _INT_RANGES = {"vocab_size": (4, 10_000_000), "block_size": (2, 1_000_000),
+                   "n_layer": (1, 1_000), "n_head": (1, 1_024), "n_embd": (1, 100_000)}
+
     def __post_init__(self) -> None:
+        for name, (low, high) in self._INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"GPTConfig.{name} must be an integer, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"GPTConfig.{name} must be in [{low}, {high}], got {value}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be true or false, "
+                                 f"got {getattr(self, name)!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head "
+                             f"({self.n_head})")
+        if self.num_params() > self.MAX_PARAMS:
+            raise ValueError(f"GPTConfig describes {self.num_params():.3g} parameters, more than "
+                             f"the ceiling {self.MAX_PARAMS:.3g}")
+
+    def num_params(self) -> int:
+        """Parameters of a GPT with this config (tied embeddings counted once)."""
+        C, V = self.n_embd, self.vocab_size
+        biases = 2 if self.bias else 1  # a LayerNorm has a weight, and a bias if `bias`
+        per_block = 12 * C * C + (9 * C if self.bias else 0) + 2 * biases * C  # attn, MLP, 2 LN
+        head = 0 if self.tie_embeddings else V * C
+        return V * C + self.block_size * C + self.n_layer * per_block + biases * C + head
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str | Path = "config") -> GPTConfig:
+        """A validated config from a JSON dict; errors name `where` and the field."""
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{where}: unknown config fields {sorted(unknown)}; valid: "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        try:
+            return cls(**raw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from e
 
 
 class KVCache:
@@ -274,72 +316,31 @@ class GPT(nn.Module):
     def save(self, directory, name: str) -> None:
         """Write directory/name.safetensors and directory/name.json, each atomically."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tensors = dict(self.state_dict())
         if self.config.tie_embeddings:
             tensors.pop("lm_head.weight")  # same storage as tok_emb.weight; save one copy
-        _atomic_write(directory / f"{name}.safetensors", lambda p: save_file(tensors, p))
-        text = json.dumps(asdict(self.config), indent=2)
-        _atomic_write(directory / f"{name}.json", lambda p: Path(p).write_text(text))
+        save_tensors(directory / f"{name}.safetensors", tensors)
+        write_json(directory / f"{name}.json", asdict(self.config))
 
     @classmethod
     def load(cls, directory, name: str, map_location="cpu") -> GPT:
-        """Read a model written by save(). Uses only json + safetensors (never pickle)."""
+        """Read a model written by save(). Uses only json + safetensors (never pickle).
+        The config is validated before anything is allocated; the weights must match it in
+        names, shapes and dtype, and be finite."""
         cfg_path = Path(directory) / f"{name}.json"
         w_path = Path(directory) / f"{name}.safetensors"
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise FileNotFoundError(f"model file not found: {p}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-            known = {f.name for f in fields(GPTConfig)}
-            unknown = set(raw) - known
-            if unknown:
-                raise ValueError(f"unknown config fields {sorted(unknown)}")
-            config = GPTConfig(**raw)
-        except (ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is ValueError
-            raise ValueError(f"could not parse model config {cfg_path}: {e}") from e
-        try:
-            tensors = load_file(str(w_path), device=str(map_location))
-        except Exception as e:  # safetensors raises its own error type on corrupt files
-            raise ValueError(f"could not read weights file {w_path}: {e}") from e
-
+        config = GPTConfig.from_dict(read_json(cfg_path, "model config"), cfg_path)
+        tensors = load_tensors(w_path, map_location)
         model = cls(config).to(map_location)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
+        expected = dict(model.state_dict())
         if config.tie_embeddings:
             expected.pop("lm_head.weight")
         check_tensors(tensors, expected, w_path, cfg_path)
         model.load_state_dict(tensors, strict=False)  # only the tied lm_head.weight is absent
         return model.eval()
-
-
-def check_tensors(tensors: dict, expected: dict, w_path, cfg_path) -> None:
-    """Raise a ValueError naming the weights file and the first tensor that is missing,
-    unexpected, or of the wrong shape for the config (`expected`: name -> shape)."""
-    for key, shape in expected.items():
-        if key not in tensors:
-            raise ValueError(f"{w_path}: missing tensor '{key}' (expected shape "
-                             f"{tuple(shape)}) for config {cfg_path}")
-        if tensors[key].shape != shape:
-            raise ValueError(f"{w_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}"
-                             f", expected {tuple(shape)} from config {cfg_path}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise ValueError(f"{w_path}: unexpected tensor '{extra[0]}' (shape "
-                         f"{tuple(tensors[extra[0]].shape)}) not in config {cfg_path}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temp file in path's directory, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def sample_from_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

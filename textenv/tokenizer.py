@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from textenv.storage import atomic_write
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -89,7 +90,7 @@ class WordTokenizer:
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
         payload = {"type": "word", "allow_unk": self.allow_unk, "vocab": self.itos}
-        atomic_write_text(path, json.dumps(payload, indent=1))
+        atomic_write(path, json.dumps(payload, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WordTokenizer:
@@ -104,17 +105,3 @@ class WordTokenizer:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"corrupt tokenizer file {path}: {e}") from e
         return cls(vocab[4:], allow_unk=bool(payload.get("allow_unk", False)))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` through a temp file + rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -3,8 +3,9 @@
 `gym.make_vec("TextGen-v0", num_envs=N, ...)` builds this class. It behaves exactly like
 `gymnasium.vector.SyncVectorEnv` over N `TextGenEnv`s seeded s, s+1, ..., s+N-1, but the
 per-token bookkeeping is numpy arrays over the batch (no Python loop over envs per step),
-the reference policy runs ONE batched forward per step with a KV cache, and every
-episode that finishes on a step is scored in ONE reward-function call.
+and every episode that finishes on a step is scored in ONE reward-function call. The
+vector wrappers of `textenv.wrappers` add KL shaping and action masks from ONE batched
+forward of the reference policy per step, on a KV cache.
 """
 
 from __future__ import annotations
@@ -23,21 +24,19 @@ from textenv.assets import ASSETS_DIR
 from textenv.env import (
     RENDER_MODES,
     EpisodeBatch,
-    RewardFn,
     check_prompt_split,
     check_render_mode,
     text_to_rgb,
 )
-from textenv.model import GPT
+from textenv.rewards import RewardFn
 from textenv.tasks import Task
 from textenv.tokenizer import Tokenizer
 
 
 class TextGenVectorEnv(VectorEnv):
     """`num_envs` TextGen episodes in lockstep. Keyword arguments: `num_envs` plus the same
-    ones as `textenv.env.TextGenEnv` (task, reward, max_new_tokens, kl_coef, action_mask,
-    action_mask_k, action_mask_p, observation_mode, render_mode, prompt_split, assets_dir,
-    reference), with the same meaning.
+    ones as `textenv.env.TextGenEnv` (task, reward, max_new_tokens, observation_mode,
+    render_mode, prompt_split, assets_dir), with the same meaning.
 
     Spaces: observations are the single env's batched, (N, L) int64 (or a dict of two such
     arrays); actions are `MultiDiscrete([vocab_size] * N)`.
@@ -52,21 +51,15 @@ class TextGenVectorEnv(VectorEnv):
     `k` with a bool mask `_k` saying which envs have it. Final infos (`response`,
     `reward_model_score`, `gold_score`, `length`, `eos`, and `prompt`) are set for the envs
     that terminated on this step; note that `prompt` is also set for envs reset on this
-    step, so select final infos with `terminated` (or `_eos`). `ref_logprob` is set for
-    every env that took an action, when the reference policy runs.
+    step, so select final infos with `terminated` (or `_eos`).
 
     Seeding: `reset(seed=s)` seeds env i with s + i (or pass a list of N seeds), so this
     env equals N `TextGenEnv`s reset with those seeds and fed the same actions.
     Options: `reset(options={"prompts": [N prompts]})` sets each env's prompt (e.g. GRPO
     groups), `options={"prompt": p}` gives all envs prompt p. Autoresets sample prompts.
 
-    Cost of the reference policy (only run when kl_coef > 0 or an action mask is on):
-    a full reset prefills the KV cache once; a step costs one 1-token forward over the
-    batch; a step on which some envs autoreset adds one forward over just their new prompts,
-    written into the cache's last slots with their old episodes masked out. All rows share
-    the cache's slots, so under continuous autoresets it fills after about max_new_tokens
-    steps; the whole batch is then re-prefilled from its current tokens (one forward over up
-    to (N, L) tokens), which compacts it.
+    If a step raises (e.g. the reward function fails), the envs must be reset before the
+    next step: their episodes are in an unknown state.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4,
@@ -74,19 +67,15 @@ class TextGenVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, *, task: str | Task = "reviews",
                  reward: str | RewardFn = "learned", max_new_tokens: int | None = None,
-                 kl_coef: float = 0.0, action_mask: str | None = None, action_mask_k: int = 20,
-                 action_mask_p: float = 0.95, observation_mode: str = "box",
-                 render_mode: str | None = None, prompt_split: str = "train",
-                 assets_dir: str | Path = ASSETS_DIR, reference: GPT | None = None):
+                 observation_mode: str = "box", render_mode: str | None = None,
+                 prompt_split: str = "train", assets_dir: str | Path = ASSETS_DIR):
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_render_mode(render_mode)
         check_prompt_split(prompt_split)
         self.num_envs = int(num_envs)
-        self.core = EpisodeBatch(
-            self.num_envs, task=task, reward=reward, max_new_tokens=max_new_tokens,
-            kl_coef=kl_coef, action_mask=action_mask, action_mask_k=action_mask_k,
-            action_mask_p=action_mask_p, assets_dir=assets_dir, reference=reference)
+        self.core = EpisodeBatch(self.num_envs, task=task, reward=reward,
+                                 max_new_tokens=max_new_tokens, assets_dir=assets_dir)
         self.observation_mode = observation_mode
         self.single_observation_space = self.core.observation_space(observation_mode)
         self.single_action_space = spaces.Discrete(self.core.vocab_size)
@@ -107,11 +96,6 @@ class TextGenVectorEnv(VectorEnv):
         return self.core.tokenizer
 
     @property
-    def reference(self) -> GPT:
-        """The frozen reference policy (the SFT policy of assets_dir unless given)."""
-        return self.core.reference
-
-    @property
     def max_new_tokens(self) -> int:
         return self.core.max_new_tokens
 
@@ -126,6 +110,12 @@ class TextGenVectorEnv(VectorEnv):
         """(N,) int64: response tokens so far per env (after a terminating step: the final
         length, until that env's autoreset on the next step)."""
         return self.core.resp_len.copy()
+
+    @property
+    def autoreset_rows(self) -> np.ndarray:
+        """(N,) bool: envs whose episode ended on the last step; the next step resets them
+        and ignores their action."""
+        return self._autoreset.copy()
 
     def reset(self, *, seed: int | Sequence[int] | None = None,
               options: dict[str, Any] | None = None):
@@ -150,7 +140,6 @@ class TextGenVectorEnv(VectorEnv):
         if prompts is None:
             prompts = [self._sample_prompt(i) for i in range(n)]
         self.core.start(range(n), prompts)
-        self.core.refresh_reference(full=True)
         self._autoreset[:] = False
         self._started = True
         if self.render_mode == "human":
@@ -184,18 +173,17 @@ class TextGenVectorEnv(VectorEnv):
 
     def step(self, actions):
         if not self._started:
-            raise RuntimeError("step() called before reset(): call envs.reset() first")
+            raise RuntimeError("step() called before reset(): call envs.reset() first "
+                               "(or again, if the previous step raised)")
         actions = self._check_actions(actions)  # (N,) int64
+        self._started = False  # until this step completes: a step that raises needs a reset
         n, core = self.num_envs, self.core
         resetting = self._autoreset.copy()  # (N,) envs that ended last step: reset now
         stepping = ~resetting  # (N,) envs that take their action
 
-        ref_logprob, finished = core.append(actions, stepping)  # (N,), (N,)
+        finished = core.append(actions, stepping)  # (N,)
         rewards = np.zeros(n, dtype=np.float64)  # (N,)
         infos: dict[str, Any] = {}
-        if ref_logprob is not None:
-            rewards[stepping] += core.kl_coef * ref_logprob[stepping]
-            infos["ref_logprob"], infos["_ref_logprob"] = ref_logprob, stepping.copy()
 
         # Score every env that finished on this step in one reward-function call.
         done_rows = np.flatnonzero(finished)
@@ -219,10 +207,9 @@ class TextGenVectorEnv(VectorEnv):
             array[reset_rows] = prompts
             infos["prompt"] = array
             infos["_prompt"] = finished | resetting
-        # One batched 1-token reference forward, plus a prefill of the new prompts if any.
-        core.refresh_reference(reset_rows=reset_rows)
 
         self._autoreset = finished
+        self._started = True
         if self.render_mode == "human":
             self.render()
         return (core.observations(self.observation_mode), rewards, finished.copy(),
@@ -240,13 +227,6 @@ class TextGenVectorEnv(VectorEnv):
             raise ValueError(f"action {int(a[i])} of env {i} is outside the action space: "
                              f"token ids must be in [0, {vocab - 1}]")
         return a.astype(np.int64)
-
-    def action_masks(self) -> np.ndarray:
-        """(num_envs, vocab_size) bool: allowed tokens per env (all True when action_mask is
-        None, and for envs about to autoreset)."""
-        if not self._started:
-            raise RuntimeError("action_masks() called before reset(): call envs.reset() first")
-        return self.core.action_masks()
 
     def render(self) -> tuple | None:
         """"ansi": a tuple of each env's prompt and response so far; "human": print them;

@@ -185,13 +185,19 @@ class ReviewsTask:
             i = words.index("review")
             sentiment, topic = words[i - 1], words[i + 3]
             aspect, length = words[i + 6], words[i + 8]
+            ins = Instruction(sentiment, topic, aspect, length)
             ok = (sentiment in POLARITY and topic in TOPICS and TOPIC_OF.get(aspect) == topic
-                  and length in LENGTHS and words[-1] == ":")
+                  and length in LENGTHS)
+            # Exactly what the task writes: a known opener, every word in its place.
+            opener = " ".join(words[:i - 1])
+            ok = ok and opener in OPENERS and " ".join(words) == ReviewsTask._format(opener, ins)
         except (ValueError, IndexError):
             ok = False
         if not ok:
-            raise ValueError(f"not a reviews prompt: {prompt!r}")
-        return Instruction(sentiment, topic, aspect, length)
+            raise ValueError(f"not a reviews prompt (expected e.g. "
+                             f"'{OPENERS[0]} positive review of the pizza about the crust , "
+                             f"short :'): {prompt!r}")
+        return ins
 
     def sample_prompt(self, rng: np.random.Generator, split: str = "train") -> str:
         pool = {"train": self.train_set, "eval": self.eval_set}.get(split)

@@ -1,4 +1,16 @@
-"""The reward model: a GPT trunk plus a scalar head, read at the last real token.
+"""Rewards: the reward presets of the envs and the inference side of learned reward models.
+
+    reward="learned"    the reward model shipped in assets_dir (`RewardModel`), normalised so
+                        that SFT samples score mean 0, std 1
+    reward="gold"       the task's ground-truth scorer, in [0, 1]
+    reward="ensemble"   the reward ensemble in assets_dir (`RewardEnsemble`: mean, or the
+                        conservative mean - k * std)
+    reward=callable     f(prompts, responses) -> array-like (B,)
+
+`make_reward_fn` turns any of these into one batched scoring function. The `reward_models`
+package trains and evaluates reward models; everything needed to *use* one lives here.
+
+The reward model is a GPT trunk plus a scalar head, read at the last real token:
 
     input    [bos] + prompt tokens + response tokens            RIGHT-padded, (B, T)
     trunk    GPT blocks + final LayerNorm (no LM head)           (B, T, C)
@@ -12,9 +24,10 @@ token, so they cannot change its hidden state, and a score is the same alone or 
 padded batch (the tests check this to 1e-5).
 
 Only score differences are learned from comparisons (the Bradley-Terry loss is blind to a
-shift or a scale), so after training `calibrate()` picks `gain` and `bias` so that samples
-of the SFT policy score mean 0 and standard deviation 1. The RL code can then use one set
-of hyper-parameters (KL coefficient, clipping) whatever reward model it is given.
+shift or a scale), so after training `reward_models.train.calibrate` picks `gain` and
+`bias` so that samples of the SFT policy score mean 0 and standard deviation 1. The RL code
+can then use one set of hyper-parameters (KL coefficient, clipping) whatever reward model
+it is given.
 
 Responses are encoded exactly as given: a terminated response ends with the word `<eos>`,
 which the tokenizer maps to the EOS id, so the model sees whether the policy stopped.
@@ -25,18 +38,21 @@ each written atomically. Loading never executes code.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from textenv.lm import encode_prompt, pad_right
-from textenv.model import GPT, GPTConfig, _atomic_write, check_tensors
+from textenv.model import GPT, GPTConfig
+from textenv.storage import check_tensors, load_tensors, read_json, save_tensors, write_json
 from textenv.tokenizer import Tokenizer, WordTokenizer
 
 FORMAT = "textenv-reward-model"
@@ -203,13 +219,10 @@ class RewardModel(nn.Module):
         model was trained; it is informational only.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "gpt_config": asdict(self.config),
                 "gain": self.gain, "bias": self.bias, "extra": extra or {}}
-        text = json.dumps(meta, indent=2, sort_keys=True)
-        _atomic_write(directory / f"{name}.safetensors", lambda p: save_file(tensors, p))
-        _atomic_write(directory / f"{name}.json", lambda p: Path(p).write_text(text))
+        save_tensors(directory / f"{name}.safetensors", self.state_dict())
+        write_json(directory / f"{name}.json", meta)
 
     @classmethod
     def load(cls, directory: str | Path, name: str = "reward",
@@ -225,21 +238,20 @@ class RewardModel(nn.Module):
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise FileNotFoundError(f"reward model file not found: {p}")
+        meta = read_json(cfg_path, "reward model config")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{cfg_path}: not a reward-model config (expected \"format\": "
+                             f"\"{FORMAT}\")")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{cfg_path}: unsupported version {meta.get('version')!r}, "
+                             f"this code reads version {FORMAT_VERSION}")
         try:
-            meta = json.loads(cfg_path.read_text())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise ValueError(f"not a reward-model config (expected \"format\": \"{FORMAT}\")")
-            if meta.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unsupported version {meta.get('version')!r}, "
-                                 f"this code reads version {FORMAT_VERSION}")
-            raw_cfg = meta["gpt_config"]
-            unknown = set(raw_cfg) - {f.name for f in fields(GPTConfig)}
-            if unknown:
-                raise ValueError(f"unknown gpt_config fields {sorted(unknown)}")
-            config = GPTConfig(**raw_cfg)
+            config = GPTConfig.from_dict(dict(meta["gpt_config"]), cfg_path)
             gain, bias = float(meta["gain"]), float(meta["bias"])
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        except (TypeError, KeyError) as e:
             raise ValueError(f"could not parse reward model config {cfg_path}: {e!r}") from e
+        if not (np.isfinite(gain) and np.isfinite(bias)):
+            raise ValueError(f"{cfg_path}: gain and bias must be finite, got {gain}, {bias}")
 
         if tokenizer is None:
             tok_path = directory / "tokenizer.json"
@@ -251,13 +263,196 @@ class RewardModel(nn.Module):
             raise ValueError(f"tokenizer/model vocab mismatch: {cfg_path} has vocab_size "
                              f"{config.vocab_size}, the tokenizer has {tokenizer.vocab_size} "
                              f"tokens")
-        try:
-            tensors = load_file(str(w_path), device=str(map_location))
-        except Exception as e:  # safetensors raises its own error type on corrupt files
-            raise ValueError(f"could not read weights file {w_path}: {e}") from e
-
+        tensors = load_tensors(w_path, map_location)
         rm = cls(config, tokenizer, gain=gain, bias=bias).to(map_location)
-        expected = {k: v.shape for k, v in rm.state_dict().items()}
-        check_tensors(tensors, expected, w_path, cfg_path)
+        check_tensors(tensors, rm.state_dict(), w_path, cfg_path)
         rm.load_state_dict(tensors)
         return rm.eval()
+
+
+# ---- ensembles -------------------------------------------------------------------------------
+ENSEMBLE_FORMAT = "textenv-reward-ensemble"
+ENSEMBLE_MODES = ("mean", "conservative")
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class RewardEnsemble(nn.Module):
+    """Several reward models combined: `score()` is their mean, or mean - k * std
+    ("conservative", Coste et al. 2023: penalises disagreement, where a policy has drifted
+    away from the data). Each member is calibrated on its own, so the members' scores share
+    one scale before they are combined. `reward_models.ensemble.train_ensemble` trains one.
+
+    On disk: `directory/name.json` lists the members and the mode; member i is a reward
+    model saved as `directory/<member>.safetensors` + `<member>.json`.
+    """
+
+    def __init__(self, models: Sequence[RewardModel],
+                 mode: Literal["mean", "conservative"] = "mean", k: float = 1.0):
+        super().__init__()
+        if not models:
+            raise ValueError("an ensemble needs at least one reward model")
+        if mode not in ENSEMBLE_MODES:
+            raise ValueError(f"unknown ensemble mode {mode!r}; valid: "
+                             f"{', '.join(ENSEMBLE_MODES)}")
+        vocab = {m.config.vocab_size for m in models}
+        if len(vocab) > 1:
+            raise ValueError(f"ensemble members disagree on vocab_size: {sorted(vocab)}")
+        self.models = nn.ModuleList(models)
+        self.mode, self.k = mode, float(k)
+        self.tokenizer = models[0].tokenizer
+        self.config = models[0].config
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def _combine(self, member_scores: torch.Tensor) -> torch.Tensor:
+        """(M, B) -> (B,). Population std (correction=0): defined for one member too."""
+        mean = member_scores.mean(0)
+        if self.mode == "mean":
+            return mean
+        return mean - self.k * member_scores.std(0, correction=0)
+
+    @torch.no_grad()
+    def member_scores(self, prompts: Sequence[str], responses: Sequence[str],
+                      batch_size: int | None = None) -> torch.Tensor:
+        """(M, B): each member's normalised score."""
+        return torch.stack([m.score(prompts, responses, batch_size) for m in self.models])
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str],
+              batch_size: int | None = None) -> torch.Tensor:
+        """(B,): mean over members, minus k * their std in "conservative" mode."""
+        return self._combine(self.member_scores(prompts, responses, batch_size))
+
+    @torch.no_grad()
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) from token ids, as `RewardModel.score_ids`."""
+        return self._combine(torch.stack([m.score_ids(input_ids, attention_mask)
+                                          for m in self.models]))
+
+    def save(self, directory: str | Path, name: str = "reward_ensemble") -> None:
+        directory = Path(directory)
+        members = [f"{name}_{i}" for i in range(len(self.models))]
+        for member, model in zip(members, self.models):
+            model.save(directory, member)
+        write_json(directory / f"{name}.json", {"format": ENSEMBLE_FORMAT, "version": 1,
+                                                "mode": self.mode, "k": self.k,
+                                                "members": members})
+
+    @classmethod
+    def load(cls, directory: str | Path, name: str = "reward_ensemble",
+             tokenizer: Tokenizer | None = None, mode: str | None = None,
+             k: float | None = None) -> RewardEnsemble:
+        """Load an ensemble written by save(); `mode` / `k` override the stored ones.
+        Member names must be plain file names inside `directory`."""
+        directory = Path(directory)
+        path = directory / f"{name}.json"
+        meta = read_json(path, "reward ensemble file")
+        if meta.get("format") != ENSEMBLE_FORMAT:
+            raise ValueError(f"{path}: not a reward-ensemble file (expected \"format\": "
+                             f"\"{ENSEMBLE_FORMAT}\")")
+        try:
+            members = [str(m) for m in meta["members"]]
+            stored_mode, stored_k = str(meta["mode"]), float(meta["k"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"could not parse reward ensemble file {path}: {e!r}") from e
+        for m in members:
+            if not _MEMBER_NAME.match(m) or m in (".", ".."):
+                raise ValueError(f"{path}: member name {m!r} must be a plain file name "
+                                 f"(letters, digits, '_', '-', '.'), not a path")
+        if tokenizer is None:
+            tokenizer = WordTokenizer.load(directory / "tokenizer.json")
+        models = [RewardModel.load(directory, m, tokenizer=tokenizer) for m in members]
+        return cls(models, mode=mode or stored_mode, k=stored_k if k is None else k)
+
+
+# ---- the presets -----------------------------------------------------------------------------
+RewardFn = Callable[[list[str], list[str]], Any]
+"""f(prompts, responses) -> array-like (B,) of float scores, one per pair.
+
+A reward function may also have a method `score_ids(input_ids, attention_mask)` taking the
+finished episodes as token ids, (B, T) int64 laid out [bos] + prompt + response and
+right-padded, with a bool mask (B, T) that is False on padding and on pad/bos tokens inside
+a response (the tokenizer drops those when decoding, so both views agree). The envs then
+call it instead of `f`, which skips decoding each response and encoding it again; the
+learned reward model does this."""
+
+REWARD_PRESETS = ("learned", "gold", "ensemble")
+
+
+@lru_cache(maxsize=8)
+def load_reward_model(assets_dir: Path) -> RewardModel:
+    """The reward model `reward.*` of `assets_dir`, loaded once per directory and shared
+    read-only between envs."""
+    for name in ("reward.json", "reward.safetensors"):
+        if not (assets_dir / name).is_file():
+            raise FileNotFoundError(
+                f"reward model file not found: {assets_dir / name} (reward='learned' needs it; "
+                f"build the assets with `textenv build-assets`, or use reward='gold' or a "
+                f"callable)")
+    return RewardModel.load(assets_dir, "reward").requires_grad_(False)
+
+
+@lru_cache(maxsize=8)
+def load_reward_ensemble(assets_dir: Path) -> RewardEnsemble:
+    """The ensemble `reward_ensemble.json` of `assets_dir`, loaded once per directory."""
+    if not (assets_dir / "reward_ensemble.json").is_file():
+        raise FileNotFoundError(
+            f"reward ensemble not found: {assets_dir / 'reward_ensemble.json'} "
+            f"(reward='ensemble' needs one; train it with `textenv reward --n-models 3 "
+            f"--out-dir {assets_dir}`, or use reward='learned' or 'gold')")
+    return RewardEnsemble.load(assets_dir).requires_grad_(False)
+
+
+class LearnedReward:
+    """reward="learned" / "ensemble": a reward model's normalised score, from text or ids."""
+
+    def __init__(self, reward_model: RewardModel | RewardEnsemble):
+        self.reward_model = reward_model
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return self.reward_model.score(prompts, responses)  # (B,)
+
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.reward_model.score_ids(input_ids, attention_mask)  # (B,)
+
+
+class GoldReward:
+    """reward="gold": the task's ground-truth score of each (prompt, response).
+    A class rather than a closure, so that an env using it can be pickled."""
+
+    def __init__(self, task):
+        if not hasattr(task, "gold_score"):
+            raise ValueError(f"reward='gold' needs a task with gold_score; {task!r} has none")
+        self.task = task
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return [self.task.gold_score(p, r) for p, r in zip(prompts, responses)]
+
+
+def make_reward_fn(reward: str | RewardFn, task, assets_dir: str | Path) -> RewardFn:
+    """Resolve the `reward` argument of the envs into a batched scoring function."""
+    if callable(reward):
+        return reward
+    assets_dir = Path(assets_dir).resolve()
+    if reward == "learned":
+        return LearnedReward(load_reward_model(assets_dir))
+    if reward == "ensemble":
+        return LearnedReward(load_reward_ensemble(assets_dir))
+    if reward == "gold":
+        return GoldReward(task)
+    raise ValueError(f"unknown reward {reward!r}; valid: {', '.join(map(repr, REWARD_PRESETS))} "
+                     f"or a callable f(prompts, responses) -> scores")
+
+
+def as_scores(values, n: int, where: str = "reward function") -> np.ndarray:
+    """Reward-function output (list, numpy array or torch tensor) -> float64 array (n,);
+    a wrong shape or a NaN/inf score raises, naming `where`."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    scores = np.asarray(values, dtype=np.float64).reshape(-1)
+    if scores.shape != (n,):
+        raise ValueError(f"{where} returned shape {scores.shape}, expected ({n},)")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{where} returned non-finite scores: {scores}")
+    return scores
