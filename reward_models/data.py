@@ -24,6 +24,20 @@ very hard to notice later):
   hand-editing a file is harmless and common.
 * An empty file gives ``[]``. A missing file raises ``FileNotFoundError`` (naming
   the path), exactly like ``open``.
+* A line may hold at most :data:`MAX_LINE_BYTES` bytes (1 MB, not counting its
+  newline); a longer one is refused *before* it is parsed, and the file is read
+  line by line, so a huge line cannot use huge amounts of memory. 1 MB is far more
+  than any comparison a person can label (about 150,000 words).
+* Also malformed: invalid UTF-8; a key repeated in one JSON object (``json``
+  would silently keep the last value, so part of what the labeler wrote would be
+  lost); JSON nested too deeply for Python's parser; a string that is not valid
+  Unicode (a lone surrogate such as ``"\\ud800"``, which could not even be written
+  back as UTF-8).
+
+Every record read from a file remembers where it came from in ``record.source``
+(``"path:line"``). Errors found later, e.g. a word the tokenizer does not know when
+the records are encoded, should name that location: after blank lines or a
+train/validation split, a record's index in a list is not its line in the file.
 
 Allowed on purpose (documented, not errors):
 
@@ -42,11 +56,13 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 MIN_RESPONSES = 2  # fewer than 2 responses contain no comparison at all
 MAX_RESPONSES = 9  # InstructGPT asked labelers to rank between 4 and 9 responses
+
+MAX_LINE_BYTES = 1_000_000  # longest line we parse (bytes, newline not counted)
 
 PAIRWISE_KEYS = frozenset({"prompt", "chosen", "rejected"})
 RANKED_KEYS = frozenset({"prompt", "responses", "ranking"})
@@ -72,6 +88,21 @@ def _type_name(value: object) -> str:
 def _check_str(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"'{name}' must be a str, got {_type_name(value)}")
+    # A Python str may hold lone surrogates (e.g. from the JSON escape "\ud800"),
+    # which are not Unicode text: a tokenizer cannot handle them and the record could
+    # not be written back as UTF-8. Encoding is the simplest complete check.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"'{name}' is not valid Unicode: lone surrogate {value[exc.start]!r} "
+            f"at index {exc.start}"
+        ) from None
+
+
+def _check_source(value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"'source' must be a str or None, got {_type_name(value)}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +112,11 @@ class PairwiseRecord:
     prompt: str
     chosen: str
     rejected: str
+    # Where the record was read from, "path:line" (None for records made in code).
+    # Bookkeeping for error messages, not data: keyword-only, left out of ==, hash()
+    # and repr(), and never written by to_json(), so a record read back from a file
+    # still equals the one that was written.
+    source: str | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         # Validate at construction so a bad record can never reach a training loop,
@@ -88,6 +124,7 @@ class PairwiseRecord:
         _check_str("prompt", self.prompt)
         _check_str("chosen", self.chosen)
         _check_str("rejected", self.rejected)
+        _check_source(self.source)
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
@@ -104,21 +141,25 @@ class RankedRecord:
     Lists passed in are stored as tuples, so a record is truly immutable (and
     hashable); ``RankedRecord(p, ["a", "b"], [1, 0])`` equals
     ``RankedRecord(p, ("a", "b"), (1, 0))``.
+
+    ``source`` is ``"path:line"`` for a record read from a file (see the module
+    docstring); the pairs of :meth:`to_pairs` inherit it.
     """
 
     prompt: str
     responses: tuple[str, ...]
     ranking: tuple[int, ...]
+    source: str | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_str("prompt", self.prompt)
+        _check_source(self.source)
 
         # A bare str is a sequence too, but "abc" is certainly not 3 responses.
         if not isinstance(self.responses, (list, tuple)):
             raise TypeError(f"'responses' must be a list of str, got {_type_name(self.responses)}")
         for i, response in enumerate(self.responses):
-            if not isinstance(response, str):
-                raise TypeError(f"'responses[{i}]' must be a str, got {_type_name(response)}")
+            _check_str(f"responses[{i}]", response)
         k = len(self.responses)
         if not MIN_RESPONSES <= k <= MAX_RESPONSES:
             raise ValueError(
@@ -158,6 +199,7 @@ class RankedRecord:
                 prompt=self.prompt,
                 chosen=self.responses[self.ranking[better]],
                 rejected=self.responses[self.ranking[worse]],
+                source=self.source,
             )
             for better, worse in combinations(range(self.k), 2)
         ]
@@ -264,14 +306,35 @@ def _detect_kind(obj: dict) -> str | None:
     return None
 
 
-def _parse_line(text: str, expect: str | None) -> PreferenceRecord:
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for json.loads: build a dict, refusing repeated keys.
+
+    Plain json.loads keeps the last of two equal keys without a word, so in
+    ``{"prompt": "a", "prompt": "b", ...}`` one of the two texts would vanish.
+    """
+    obj: dict = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _BadLine(f"duplicate key {key!r} in a JSON object")
+        obj[key] = value
+    return obj
+
+
+def _parse_line(text: str, expect: str | None, source: str) -> PreferenceRecord:
     """Turn one non-blank line into a record, or raise _BadLine saying why.
 
     ``expect`` is 'pairwise', 'ranked', or None (accept either, decided by keys).
+    ``source`` ("path:line") is stored in the record.
     """
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+        obj = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except RecursionError:
+        # The parser recurses once per nesting level; "[[[[...]]]]" thousands deep
+        # exhausts Python's stack. No record is nested more than 2 levels.
+        raise _BadLine("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        # JSONDecodeError, and also the plain ValueError Python raises for an int
+        # of more than 4300 digits (see sys.set_int_max_str_digits).
         raise _BadLine(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise _BadLine(f"expected a JSON object, got {_type_name(obj)}")
@@ -301,10 +364,27 @@ def _parse_line(text: str, expect: str | None) -> PreferenceRecord:
 
     try:
         if kind == "pairwise":
-            return PairwiseRecord(obj["prompt"], obj["chosen"], obj["rejected"])
-        return RankedRecord(obj["prompt"], obj["responses"], obj["ranking"])
+            return PairwiseRecord(obj["prompt"], obj["chosen"], obj["rejected"], source=source)
+        return RankedRecord(obj["prompt"], obj["responses"], obj["ranking"], source=source)
     except (TypeError, ValueError) as exc:  # messages come from __post_init__
         raise _BadLine(str(exc)) from None
+
+
+def _read_line(f, limit: int) -> bytes:
+    """The next line of binary file ``f`` (b"" at the end), or _BadLine if too long.
+
+    ``for raw in f`` would read a whole line into memory however long it is; asking
+    for at most ``limit + 1`` bytes bounds memory. If that many bytes come back
+    without a newline, the line holds more than ``limit`` bytes: we stop there, as
+    the error ends loading anyway.
+    """
+    raw = f.readline(limit + 1)
+    if len(raw) > limit and not raw.endswith(b"\n"):
+        raise _BadLine(
+            f"line is longer than the limit of {limit:,} bytes (MAX_LINE_BYTES); "
+            "refused without parsing it"
+        )
+    return raw
 
 
 def _load(path: PathLike, expect: str | None) -> list[PreferenceRecord]:
@@ -314,15 +394,21 @@ def _load(path: PathLike, expect: str | None) -> list[PreferenceRecord]:
     # inside strings, and decoding line by line lets us report *where* a file is
     # not UTF-8.
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
+        line_no = 0
+        while True:
+            line_no += 1  # physical line in the file: blank lines count too
             try:
+                raw = _read_line(f, MAX_LINE_BYTES)
+                if not raw:
+                    break  # end of file
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise _BadLine(f"not valid UTF-8: {exc}") from None
                 if not text.strip():
                     continue  # blank lines are allowed (see module docstring)
-                records.append(_parse_line(text, expect))
+                source = f"{os.fspath(path)}:{line_no}"
+                records.append(_parse_line(text, expect, source))
             except _BadLine as exc:
                 raise PreferenceDataError(path, line_no, str(exc)) from None
     return records
@@ -344,6 +430,7 @@ def read_preferences(path: PathLike) -> list[PreferenceRecord]:
 
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "MAX_RESPONSES",
     "MIN_RESPONSES",
     "PairwiseRecord",

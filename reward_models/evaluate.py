@@ -14,20 +14,29 @@
 
 Spearman is implemented here with numpy (ranks with ties averaged, then Pearson) so that
 scipy is not a dependency.
+
+`main(EvalRewardModelArgs)` at the end of this file is the command `textenv eval-reward`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord
+from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
+from textenv.assets import ASSETS_DIR, load_policy, load_tokenizer
 from textenv.lm import generate_text
 from textenv.model import GPT
+from textenv.rewards import RewardEnsemble, RewardModel
+from textenv.storage import write_json
+from textenv.tasks import make_task
 from textenv.tokenizer import Tokenizer
 
 GoldFn = Callable[[str, str], float]
@@ -182,3 +191,102 @@ def evaluate_reward_model(rm, task, sft: GPT, tokenizer: Tokenizer, cfg: RMEvalC
         out[f"rm_mean_score_{name}"] = c["rm_mean"]
         out[f"gold_mean_{name}"] = c["gold_mean"]
     return out
+
+
+# ---- the command: `textenv eval-reward` ------------------------------------------------------
+@dataclass
+class EvalRewardModelArgs:
+    """Evaluate a reward model (or ensemble) against the labels and against the gold score.
+
+    Reports held-out pairwise accuracy against the noisy labels and against gold (pairs
+    >= 0.1 apart in gold), and the Spearman correlation with gold on samples of the SFT
+    policy (T=1), of a drifted policy (SFT at T=1.5) and of any extra policies. Without
+    --heldout, fresh held-out rankings are made by the simulated labeler. Prints JSON and a
+    markdown table."""
+
+    rm_dir: Path = ASSETS_DIR
+    """Directory of the reward model (with tokenizer.json)."""
+    name: str | None = None
+    """File stem of the reward model (default "reward"), or of the ensemble's JSON with
+    --ensemble (default "reward_ensemble")."""
+    ensemble: bool = False
+    """`name` is an ensemble written by RewardEnsemble.save."""
+    ensemble_mode: Literal["mean", "conservative"] | None = None
+    """Override the ensemble's mode."""
+    policy_dir: Path = ASSETS_DIR
+    """Directory of the SFT policy whose samples are the reference distribution."""
+    policy_name: str = "sft"
+    """The SFT policy's file stem."""
+    policies: list[str] = field(default_factory=list)
+    """Extra policies to correlate on, as DIR:NAME or DIR:NAME@TEMPERATURE (e.g. RL
+    checkpoints saved with GPT.save)."""
+    heldout: Path | None = None
+    """Held-out JSONL preferences; default: fresh simulated rankings of eval prompts."""
+    heldout_groups: int = 256
+    """Fresh held-out rankings to make when --heldout is not given."""
+    k: int = 4
+    """Responses per fresh held-out ranking."""
+    labeler_temperature: float = 0.1
+    """Noise of the simulated labeler for fresh held-out rankings."""
+    task: str = "reviews"
+    """Task (prompts and gold score)."""
+    eval: RMEvalConfig = field(default_factory=RMEvalConfig)
+    out: Path | None = None
+    """Write the results as JSON here."""
+    threads: int = 2
+    """torch threads."""
+
+
+def parse_policy(spec: str) -> tuple[str, Path, str, float]:
+    """'dir:name@1.0' -> (label, dir, name, temperature)."""
+    temperature = 1.0
+    if "@" in spec:
+        spec, t = spec.rsplit("@", 1)
+        temperature = float(t)
+    if ":" not in spec:
+        raise ValueError(f"policy {spec!r}: expected DIR:NAME[@TEMPERATURE]")
+    directory, name = spec.rsplit(":", 1)
+    label = f"{Path(directory).name}_{name}".replace("-", "_").replace(".", "_")
+    return label, Path(directory), name, temperature
+
+
+def markdown_table(results: dict) -> str:
+    rows = [("held-out pairwise accuracy vs gold (gap >= 0.1)", "rm_pairwise_accuracy_gold"),
+            ("held-out pairwise accuracy vs noisy labels", "rm_pairwise_accuracy_noisy")]
+    rows += [(f"Spearman with gold, {k.removeprefix('rm_spearman_gold_')} samples", k)
+             for k in results if k.startswith("rm_spearman_gold_")]
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {label} | {results[key]:.3f} |" for label, key in rows if key in results]
+    return "\n".join(lines)
+
+
+def main(args: EvalRewardModelArgs) -> dict:
+    """`textenv eval-reward`: every quality number of one reward model (or ensemble)."""
+    from reward_models.pipeline import make_rankings  # here: pipeline imports this module
+
+    torch.set_num_threads(args.threads)
+    task = make_task(args.task)
+    tokenizer = load_tokenizer(args.policy_dir)
+    sft = load_policy(args.policy_name, args.policy_dir, tokenizer)
+    if args.ensemble:
+        rm = RewardEnsemble.load(args.rm_dir, args.name or "reward_ensemble",
+                                 mode=args.ensemble_mode)
+    else:
+        rm = RewardModel.load(args.rm_dir, args.name or "reward")
+    if args.heldout:
+        heldout = read_preferences(args.heldout)
+    else:
+        heldout = make_rankings(sft, tokenizer, task, args.heldout_groups, args.k, split="eval",
+                                labeler_temperature=args.labeler_temperature,
+                                seed=args.eval.seed + 7)
+    policies = {}
+    for spec in args.policies:
+        label, directory, name, temperature = parse_policy(spec)
+        policies[label] = (GPT.load(directory, name), temperature)
+    results = evaluate_reward_model(rm, task, sft, tokenizer, args.eval, heldout, policies)
+    if args.out:
+        write_json(args.out, results)
+    print(json.dumps(results, indent=2, sort_keys=True))
+    print()
+    print(markdown_table(results))
+    return results

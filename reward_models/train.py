@@ -21,26 +21,32 @@ end, and training stops early after `patience` evaluations without improvement.
 After training, `calibrate(rm, prompts, responses)` sets the reward model's gain and bias so
 that SFT samples score mean 0, std 1 (only differences are learned; the RL step wants a fixed
 scale).
+
+`main(TrainRewardModelArgs)` at the end of this file is the command `textenv reward`: train
+on a JSONL file of preferences, calibrate, save.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord
+from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
 from reward_models.losses import kwise_loss, pairwise_loss
-from reward_models.model import RewardModel
+from textenv.assets import ASSETS_DIR, load_policy, load_tokenizer
+from textenv.lm import warmup_cosine
+from textenv.rewards import RewardModel
+from textenv.runlog import Progress, RunLogger
+from textenv.tasks import make_task
 
 
 @dataclass
@@ -125,7 +131,8 @@ def encode_records(rm: RewardModel, records: Sequence[PreferenceRecord]) -> list
         try:
             seqs = rm.encode([r.prompt] * len(texts), list(texts))
         except ValueError as e:  # unknown word, too long: say which record
-            raise ValueError(f"record {n} (prompt {r.prompt!r}): {e}") from e
+            where = r.source or f"record {n}"  # file:line for records read from a file
+            raise ValueError(f"{where} (prompt {r.prompt!r}): {e}") from e
         groups.append(EncodedGroup(seqs, ranking, pairwise, tuple(texts)))
     return groups
 
@@ -249,43 +256,6 @@ def evaluate_groups(rm: RewardModel, groups: Sequence[EncodedGroup], margin: flo
             "pairs": total}
 
 
-# ---- logging -------------------------------------------------------------------------------
-LOG_FIELDS = ["step", "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
-              "val_accuracy", "seconds"]
-
-
-class RunLogger:
-    """TensorBoard scalars + one CSV file (`train_log.csv`) in a run directory."""
-
-    def __init__(self, run_dir: str | Path | None, prefix: str = "rm"):
-        self.prefix = prefix
-        self.writer = self._csv_file = self._csv = None
-        if run_dir is None:
-            return
-        from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
-
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(run_dir))
-        self._csv_file = open(run_dir / "train_log.csv", "w", newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=LOG_FIELDS)
-        self._csv.writeheader()
-
-    def log(self, step: int, row: dict) -> None:
-        if self.writer is None:
-            return
-        for k, v in row.items():
-            if k not in ("step", "epoch") and v is not None and v == v:  # skip None and NaN
-                self.writer.add_scalar(f"{self.prefix}/{k}", v, step)
-        self._csv.writerow({k: row.get(k, "") for k in LOG_FIELDS} | {"step": step})
-        self._csv_file.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self._csv_file.close()
-
-
 # ---- the training loop -----------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -344,14 +314,17 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or max(1, steps_per_epoch // 2)
-    logger = RunLogger(run_dir)
+    logger = (RunLogger(run_dir, filename="train_log.csv", step_name="step")
+              if run_dir is not None else None)
     result = TrainResult()
     t0 = time.perf_counter()
 
     def lr_at(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        cos = 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps)))
-        return cfg.lr * warm * (0.1 + 0.9 * cos)
+        return cfg.lr * warmup_cosine(step, total_steps, cfg.warmup_steps)
+
+    def log(step: int, row: dict) -> None:
+        if logger is not None:
+            logger.log(step, row)
 
     def snapshot() -> dict:
         return {k: v.detach().clone() for k, v in rm.state_dict().items()}
@@ -365,12 +338,12 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
     if val:
         result.best_val = evaluate_groups(rm, val, cfg.margin)
         result.history.append({"step": 0, **result.best_val})
-        logger.log(0, {"epoch": 0, "val_loss": result.best_val["loss"],
+        log(0, {"epoch": 0, "val_loss": result.best_val["loss"],
                        "val_accuracy": result.best_val["accuracy"]})
     bad_evals, step = 0, 0
     recent_loss: list[float] = []
     recent_acc: list[tuple[int, int]] = []
-    bar = tqdm(total=total_steps, desc="reward model", mininterval=1.0, disable=not progress)
+    bar = Progress(total_steps, desc="reward model", unit="step", enabled=progress)
     rm.train()
     try:
         for epoch in range(cfg.epochs):
@@ -399,7 +372,7 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
                 opt.step()
                 step += 1
                 result.steps = step
-                bar.update(1)
+                bar.update(1, loss=loss.item())
                 recent_loss.append(loss.item())
                 recent_acc.append(pair_correct(scores, chunk))
 
@@ -409,14 +382,13 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
                            "train_loss": float(np.mean(recent_loss)),
                            "train_accuracy": c / t if t else float("nan"),
                            "seconds": time.perf_counter() - t0}
-                    logger.log(step, row)
-                    bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+                    log(step, row)
                     recent_loss, recent_acc = [], []
 
                 if val and (step % eval_every == 0 or step == total_steps):
                     m = evaluate_groups(rm, val, cfg.margin)
                     result.history.append({"step": step, **m})
-                    logger.log(step, {"epoch": epoch, "val_loss": m["loss"],
+                    log(step, {"epoch": epoch, "val_loss": m["loss"],
                                       "val_accuracy": m["accuracy"],
                                       "seconds": time.perf_counter() - t0})
                     if is_better(m, result.best_val):
@@ -424,8 +396,7 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
                         best_state, bad_evals = snapshot(), 0
                     else:
                         bad_evals += 1
-                    bar.set_postfix(loss=f"{loss.item():.3f}", val_loss=f"{m['loss']:.3f}",
-                                    val_acc=f"{m['accuracy']:.3f}")
+                    bar.update(0, val_loss=m["loss"], val_acc=m["accuracy"])
                     if cfg.patience and bad_evals >= cfg.patience:
                         result.stopped_early = True
                         break
@@ -434,7 +405,8 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
         print(f"\ninterrupted at step {step}: keeping the best state (step {result.best_step})")
     finally:
         bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if val:
         rm.load_state_dict(best_state)  # the best held-out state, not the last one
     else:
@@ -459,3 +431,103 @@ def calibrate(rm: RewardModel, prompts: Sequence[str], responses: Sequence[str])
     rm.gain, rm.bias = 1.0 / std, -mean / std  # score = (raw - mean) / std
     return {"raw_mean": mean, "raw_std": std, "gain": rm.gain, "bias": rm.bias,
             "calibration_samples": int(raw.numel())}
+
+
+# ---- the command: `textenv reward` -----------------------------------------------------------
+@dataclass
+class TrainRewardModelArgs:
+    """Train a reward model (or an ensemble) on a JSONL file of preferences.
+
+    The file may hold pairwise records {"prompt", "chosen", "rejected"} and/or ranked records
+    {"prompt", "responses", "ranking"} (see reward_models/data.py); a malformed line stops
+    with file:line. The reward model starts from an LM (default: the shipped SFT policy), is
+    calibrated on fresh samples of --calibration-policy (mean 0, std 1) and is written to
+    out_dir with tokenizer.json beside it. Ctrl-C stops training and still saves the best
+    state so far."""
+
+    data: Path
+    """JSONL preference file (pairwise and/or ranked records)."""
+    val_data: Path | None = None
+    """Optional held-out JSONL; otherwise --train.val-fraction of the prompts are held out."""
+    init_dir: Path = ASSETS_DIR
+    """Directory with the LM to start from and its tokenizer.json."""
+    init_name: str = "sft"
+    """LM to initialise the trunk from ("sft" or "base")."""
+    out_dir: Path = Path("runs/reward_model")
+    """Where the reward model is written."""
+    name: str | None = None
+    """File stem: out_dir/NAME.safetensors + NAME.json (default "reward"). An ensemble
+    writes NAME.json + NAME_i.* (default "reward_ensemble", what reward="ensemble" loads)."""
+    run_dir: Path | None = None
+    """TensorBoard + CSV logs (default: out_dir/logs)."""
+    task: str = "reviews"
+    """Task whose train prompts are used for calibration samples."""
+    calibration_policy: str = "sft"
+    """LM in init_dir whose samples define score mean 0, std 1."""
+    calibration_samples: int = 1024
+    """Number of calibration samples (0: leave gain=1, bias=0)."""
+    n_models: int = 1
+    """Train this many models (seeds seed, seed+1, ...) and save them as an ensemble."""
+    ensemble_mode: Literal["mean", "conservative"] = "mean"
+    """How the ensemble combines its members."""
+    ensemble_k: float = 1.0
+    """Conservative mode: score = mean - k * std."""
+    threads: int = 2
+    """torch threads."""
+    train: RMTrainConfig = field(default_factory=RMTrainConfig)
+
+
+def main(args: TrainRewardModelArgs) -> dict:
+    """`textenv reward`: train, calibrate and save; returns a summary of the training."""
+    # Imported here: both modules import this one.
+    from reward_models.ensemble import train_ensemble
+    from reward_models.pipeline import calibration_set
+
+    torch.set_num_threads(args.threads)
+    name = args.name or ("reward_ensemble" if args.n_models > 1 else "reward")
+    tokenizer = load_tokenizer(args.init_dir)
+    lm = load_policy(args.init_name, args.init_dir, tokenizer)
+    records = read_preferences(args.data)
+    val = read_preferences(args.val_data) if args.val_data else None
+    print(f"{len(records)} records from {args.data}" + (f", {len(val)} held out from "
+                                                        f"{args.val_data}" if val else ""))
+    run_dir = args.run_dir or args.out_dir / "logs"
+    calibration = None
+    if args.calibration_samples > 0:
+        policy = (lm if args.calibration_policy == args.init_name
+                  else load_policy(args.calibration_policy, args.init_dir, tokenizer))
+        calibration = calibration_set(policy, tokenizer, make_task(args.task),
+                                      args.calibration_samples, seed=args.train.seed + 12345)
+    tokenizer.save(args.out_dir / "tokenizer.json")
+    extra = {"trained_by": "textenv reward", "data": str(args.data),
+             "init": f"{args.init_dir}/{args.init_name}", "config": asdict(args.train)}
+
+    if args.n_models > 1:
+        if val is not None:
+            records = records + val  # train_ensemble makes one shared split by prompt
+        ens, results = train_ensemble(lm, tokenizer, records, args.train, args.n_models,
+                                      calibration, args.ensemble_mode, args.ensemble_k, run_dir)
+        ens.save(args.out_dir, name)
+        summary = {"members": [{"best_step": r.best_step, **r.best_val} for r in results]}
+    else:
+        rm = RewardModel.from_lm(lm, tokenizer, head_init_std=args.train.head_init_std,
+                                 seed=args.train.seed)
+        try:
+            result = train_reward_model(rm, records, args.train, val_records=val,
+                                        run_dir=run_dir)
+        except FloatingPointError as e:
+            # The model was restored to its best state; keep it, under a name that says so.
+            rm.save(args.out_dir, f"{name}_last_good", extra={**extra, "error": str(e)})
+            raise SystemExit(f"error: {e}\nsaved the last good state to "
+                             f"{args.out_dir / (name + '_last_good')}.safetensors") from e
+        if calibration is not None:
+            calibrate(rm, *calibration)
+        rm.save(args.out_dir, name, extra={**extra, "best_step": result.best_step,
+                                           "interrupted": result.interrupted})
+        summary = {"steps": result.steps, "best_step": result.best_step,
+                   "stopped_early": result.stopped_early, "interrupted": result.interrupted,
+                   "val": result.best_val, "seconds": result.seconds,
+                   "gain": rm.gain, "bias": rm.bias}
+    print(json.dumps(summary, indent=2))
+    print(f"saved to {args.out_dir / name}.json; logs in {run_dir}")
+    return summary
