@@ -2,7 +2,7 @@
 
     agents/core.py       GAE, masked whitening, KL controllers/estimators, clipped losses
     agents/rollout.py    rollouts through the vector env; log-probs in one forward
-    agents/common.py     the shared outer loop: logging, evaluation, checkpoints, resume
+    agents/training.py   the shared loop: budget, evaluation, logging, checkpoints, resume
     agents/ppo.py        LM-PPO (actor-critic, KL-shaped per-token rewards, GAE)
     agents/reinforce.py  REINFORCE with a moving-average baseline
     agents/rloo.py       REINFORCE leave-one-out
@@ -11,16 +11,26 @@
     agents/sb3.py        stable-baselines3 bridge (features extractor) and its runner
 
 `ALGORITHMS[name] = (ConfigClass, train)`; `train(config)` returns a dict with the final
-evaluation ("final"), the per-iteration metrics ("history") and samples.
+evaluation ("final"), the per-iteration metrics ("history") and samples. It is built on
+first use, so that `import agents` (and `textenv --help`) stays light.
 """
 
-from agents import best_of_n, grpo, ppo, reinforce, rloo, sb3
 
-ALGORITHMS = {
-    "ppo": (ppo.PPOConfig, ppo.train),
-    "reinforce": (reinforce.ReinforceConfig, reinforce.train),
-    "rloo": (rloo.RLOOConfig, rloo.train),
-    "grpo": (grpo.GRPOConfig, grpo.train),
-    "best-of-n": (best_of_n.BestOfNConfig, best_of_n.train),
-    "sb3-ppo": (sb3.SB3Config, sb3.train),
-}
+def _algorithms() -> dict:
+    from agents import best_of_n, grpo, ppo, reinforce, rloo, sb3
+
+    return {
+        "ppo": (ppo.PPOConfig, ppo.train),
+        "reinforce": (reinforce.ReinforceConfig, reinforce.train),
+        "rloo": (rloo.RLOOConfig, rloo.train),
+        "grpo": (grpo.GRPOConfig, grpo.train),
+        "best-of-n": (best_of_n.BestOfNConfig, best_of_n.train),
+        "sb3-ppo": (sb3.SB3Config, sb3.train),
+    }
+
+
+def __getattr__(name: str):
+    if name == "ALGORITHMS":
+        globals()["ALGORITHMS"] = algorithms = _algorithms()
+        return algorithms
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")

@@ -8,7 +8,6 @@ The cost is n times the generation; the env-step count reports it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from agents.common import RunConfig, setup
 from agents.rollout import collect_rollout
+from agents.training import RunConfig, eval_prompts, setup
+from textenv.storage import write_json
 
 
 @dataclass
@@ -65,15 +65,14 @@ def train(cfg: BestOfNConfig) -> dict:
         raise ValueError(f"n={cfg.n} must divide num_envs={cfg.num_envs}")
     s = setup(cfg)
     t0 = time.perf_counter()
-    prompts = s.task.eval_prompts(max(cfg.eval_prompts, cfg.num_envs), seed=cfg.seed + 100)
+    prompts = eval_prompts(cfg)
     result = best_of_n(s.envs, s.reference, prompts, cfg.n, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, generator=s.generator,
                        pad_id=s.tokenizer.pad_id)
     final = {k: v for k, v in result.items() if k != "samples"}
     final["charts/wall_clock"] = time.perf_counter() - t0
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    (run_dir / "final_eval.json").write_text(json.dumps(final, indent=1))
+    write_json(run_dir / "config.json", asdict(cfg))
+    write_json(run_dir / "final_eval.json", final)
     return {"final": final, "samples": result["samples"], "history": [], "run_dir": str(run_dir),
             "interrupted": False}

@@ -9,8 +9,6 @@ conventions, used throughout the project:
   ``False``. Statistics are taken over the real tokens only, and anything we
   return at a padded position is ``0`` (never NaN), so padding cannot leak into
   losses or logs.
-* Env-step tensors (classic Gym rollouts) are time-major, ``(T, N)``: ``T``
-  steps of ``N`` parallel environments, as in CleanRL.
 
 References: Schulman et al. 2016 (GAE), Schulman et al. 2017 (PPO), Ziegler et
 al. 2019 and Ouyang et al. 2022 (KL-penalised RLHF), John Schulman's note
@@ -19,8 +17,6 @@ al. 2019 and Ouyang et al. 2022 (KL-penalised RLHF), John Schulman's note
 
 from __future__ import annotations
 
-import math
-import random
 from typing import Any
 
 import numpy as np
@@ -30,20 +26,16 @@ from torch import Tensor
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
-    "RunningMeanStd",
     "compute_gae",
-    "compute_gae_steps",
-    "cosine_schedule",
     "entropy_from_logits",
     "explained_variance",
     "kl_k1",
     "kl_k3",
-    "linear_schedule",
     "masked_mean",
     "masked_var",
     "masked_whiten",
     "policy_loss_clipped",
-    "set_seed",
+    "sequence_policy_gradient_loss",
     "value_loss_clipped",
 ]
 
@@ -166,44 +158,6 @@ def compute_gae(
         next_adv = torch.where(m, adv_t, next_adv)
     returns = _masked_zero(advantages + values, valid)  # (B, T)
     return advantages, returns
-
-
-@torch.no_grad()
-def compute_gae_steps(
-    rewards: Tensor,
-    values: Tensor,
-    dones: Tensor,
-    last_value: Tensor,
-    gamma: float,
-    lam: float,
-) -> tuple[Tensor, Tensor]:
-    """Classic time-major GAE for env-step rollouts (CleanRL style).
-
-    Args:
-        rewards, values, dones: (T, N) for T steps of N parallel envs.
-            ``dones[t] = 1`` means the episode ended AT step t (the reward
-            ``rewards[t]`` was its last), so step t does not bootstrap from
-            step t+1, which belongs to a new episode.
-        last_value: (N,) V(s_T) of the observation after the last step, used to
-            bootstrap the unfinished episodes at the end of the rollout.
-
-    Note: ``dones`` means *termination*. For a time-limit truncation the
-    episode did not really end; the usual fix (as in SB3) is to add
-    ``gamma * V(final_obs)`` to that step's reward before calling this.
-
-    Returns ``(advantages, returns)``, both (T, N), ``returns = adv + values``.
-    """
-    rewards, values = rewards.detach(), values.detach()
-    T = rewards.shape[0]
-    not_done = 1.0 - dones.to(rewards.dtype)  # (T, N)
-    advantages = torch.zeros_like(rewards)  # (T, N)
-    last_gae = torch.zeros_like(rewards[0])  # (N,)
-    for t in reversed(range(T)):
-        next_value = last_value.detach() if t == T - 1 else values[t + 1]  # (N,)
-        delta = rewards[t] + gamma * next_value * not_done[t] - values[t]  # (N,)
-        last_gae = delta + gamma * lam * not_done[t] * last_gae  # (N,)
-        advantages[t] = last_gae
-    return advantages, advantages + values
 
 
 # --------------------------------------------------------------------------- #
@@ -361,95 +315,6 @@ def explained_variance(y_pred: Tensor, y_true: Tensor, mask: Tensor | None = Non
     if var_y == 0.0:
         return float("nan")
     return 1.0 - float(masked_var(y_true - y_pred, mask, unbiased=False)) / var_y
-
-
-# --------------------------------------------------------------------------- #
-# Schedules and seeding
-# --------------------------------------------------------------------------- #
-def linear_schedule(start: float, end: float, progress: float) -> float:
-    """Interpolate from ``start`` (progress 0) to ``end`` (progress 1).
-
-    ``progress`` is clipped to [0, 1].
-    """
-    p = min(max(float(progress), 0.0), 1.0)
-    return start + (end - start) * p
-
-
-def cosine_schedule(start: float, end: float, progress: float) -> float:
-    """Cosine decay from ``start`` (progress 0) to ``end`` (progress 1).
-
-    ``progress`` is clipped to [0, 1].
-    """
-    p = min(max(float(progress), 0.0), 1.0)
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and torch (CPU and, if present, CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds all CUDA devices
-
-
-# --------------------------------------------------------------------------- #
-# Running statistics
-# --------------------------------------------------------------------------- #
-class RunningMeanStd:
-    """Running mean and variance over a stream of batches (Welford / Chan).
-
-    Used for optional reward normalisation: rewards from many batches are
-    merged into one mean/variance without storing them. Each ``update(x)``
-    treats ``x`` as a batch of samples of shape ``(N, *shape)`` (for the
-    default scalar ``shape=()`` any tensor is flattened) and combines its
-    statistics with the running ones using the parallel-variance formula:
-
-        delta = mean_b - mean
-        mean += delta * n_b / (n + n_b)
-        M2    = var * n + var_b * n_b + delta^2 * n * n_b / (n + n_b)
-        var   = M2 / (n + n_b)
-
-    ``var`` is the population variance. Before any update: mean 0, var 1,
-    count 0 (so :meth:`normalize` is the identity).
-    """
-
-    def __init__(self, shape: tuple[int, ...] = ()):
-        self.shape = tuple(shape)
-        self.mean = torch.zeros(self.shape, dtype=torch.float64)
-        self.var = torch.ones(self.shape, dtype=torch.float64)
-        self.count = 0.0
-
-    def update(self, x: Tensor | np.ndarray | float) -> None:
-        x = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
-        x = x.reshape(-1, *self.shape)  # (N, *shape)
-        n_b = x.shape[0]
-        if n_b == 0:
-            return
-        mean_b = x.mean(0)
-        var_b = x.var(0, unbiased=False)
-        total = self.count + n_b
-        delta = mean_b - self.mean
-        m2 = self.var * self.count + var_b * n_b + delta**2 * self.count * n_b / total
-        self.mean = self.mean + delta * n_b / total
-        self.var = m2 / total
-        self.count = float(total)
-
-    @property
-    def std(self) -> Tensor:
-        return torch.sqrt(self.var)
-
-    def normalize(self, x: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-        """(x - mean) / std with the running statistics (keep mean if not shift_mean)."""
-        mean = self.mean.to(dtype=x.dtype, device=x.device)
-        std = torch.sqrt(self.var + eps).to(dtype=x.dtype, device=x.device)
-        return (x - mean) / std if shift_mean else x / std
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.mean = torch.as_tensor(d["mean"], dtype=torch.float64).clone()
-        self.var = torch.as_tensor(d["var"], dtype=torch.float64).clone()
-        self.count = float(d["count"])
 
 
 def sequence_policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:

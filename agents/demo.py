@@ -6,12 +6,14 @@ gold and learned-reward scores, a before/after table, and writes a learning-curv
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.plots import plot_learning_curves
 from agents.ppo import PPOConfig, train
+from agents.training import eval_prompts, evaluate, make_envs
+from textenv.assets import load_reference, load_tokenizer
+from textenv.storage import write_json
 
 
 @dataclass
@@ -30,7 +32,7 @@ def main(cfg: DemoConfig) -> dict:
     before = _first_eval(cfg.ppo)
     after = run["final"]
     png = plot_learning_curves({"LM-PPO": [history]}, Path(cfg.ppo.run_dir) / "learning_curve.png",
-                               title="LM-PPO on TextGen-v0 (reviews)")
+                               title=f"LM-PPO on TextGen-v0 ({cfg.ppo.task})")
     print("\nSame held-out prompts, before (SFT) and after LM-PPO:")
     for (p, r0, g0, s0), (_, r1, g1, s1) in list(zip(before["samples"], run["samples"]))[:cfg.show]:
         print(f"\nprompt : {p}")
@@ -46,23 +48,15 @@ def main(cfg: DemoConfig) -> dict:
     print(f"\n{len(evals)} evaluations logged in {run['run_dir']}/metrics.csv")
     print(f"learning curve: {png}")
     summary = {"before": {k: v for k, v in before.items() if k != "samples"}, "after": after}
-    (Path(cfg.ppo.run_dir) / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(Path(cfg.ppo.run_dir) / "demo_summary.json", summary)
     return summary
 
 
 def _first_eval(cfg: PPOConfig) -> dict:
     """The SFT policy on the same held-out prompts and sampling seed as the final eval."""
-    from agents.common import evaluate, make_envs
-    from textenv.assets import load_policy, load_tokenizer
-    from textenv.tasks import make_task
-
-    tokenizer = load_tokenizer(cfg.assets_dir)
-    sft = load_policy("sft", cfg.assets_dir, tokenizer)
-    envs = make_envs(cfg.num_envs, reward=cfg.reward, max_new_tokens=cfg.max_new_tokens,
-                     assets_dir=cfg.assets_dir)
-    prompts = make_task("reviews").eval_prompts(max(cfg.eval_prompts, cfg.num_envs),
-                                                seed=cfg.seed + 100)
-    return evaluate(sft, sft, envs, prompts, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, pad_id=tokenizer.pad_id, seed=cfg.seed + 200)
-
-
+    sft = load_reference(cfg.assets_dir)
+    envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
+                     max_new_tokens=cfg.max_new_tokens, assets_dir=cfg.assets_dir)
+    return evaluate(sft, sft, envs, eval_prompts(cfg), max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, pad_id=load_tokenizer(cfg.assets_dir).pad_id,
+                    seed=cfg.seed + 200)

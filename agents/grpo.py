@@ -14,24 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.common import (
-    Run,
-    RunConfig,
-    check_finite,
-    rng_states,
-    run_loop,
-    set_rng_states,
-    setup,
-    trainable_copy,
-)
 from agents.core import kl_k1, kl_k3, masked_mean, policy_loss_clipped
 from agents.rollout import (
+    Rollout,
     collect_rollout,
     forward_responses,
     logprobs_of,
     response_logprobs,
     rollout_metrics,
 )
+from agents.training import RunConfig, Timer, adam, check_finite, run, setup, trainable_copy
 
 
 @dataclass
@@ -54,55 +46,77 @@ class GRPOConfig(RunConfig):
     """Gradient norm clip."""
 
 
+# ---- the phases of one iteration -------------------------------------------------------------
 def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
     """scores (N,) in groups of `group_size` consecutive responses -> (R - mean) / (std + eps)."""
     g = scores.view(-1, group_size)  # (G, k)
     return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)).view(-1)
 
 
-def train(cfg: GRPOConfig) -> dict:
-    if cfg.group_size < 2 or cfg.num_envs % cfg.group_size:
-        raise ValueError(f"group_size={cfg.group_size} must be >= 2 and divide "
-                         f"num_envs={cfg.num_envs}")
-    s = setup(cfg)
-    policy = trainable_copy(s.reference)
-    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+def grpo_update(policy, optimizer, ro: Rollout, mask, old_logp, logp_ref, adv,
+                cfg: GRPOConfig, generator: torch.Generator, iteration: int) -> dict:
+    """Epochs x minibatches of the clipped surrogate + beta * per-token k3 KL to the
+    reference (a loss term here, not a reward penalty). Returns mean loss and KL."""
+    n = mask.shape[0]
+    mb_size = max(1, n // cfg.num_minibatches)
+    losses, kls = [], []
+    for _ in range(cfg.update_epochs):
+        for mb in torch.randperm(n, generator=generator).split(mb_size):
+            logp = logprobs_of(forward_responses(policy, ro, mb), ro.response_ids[mb],
+                               cfg.temperature)  # (b, T)
+            pg_loss, _ = policy_loss_clipped(logp, old_logp[mb], adv[mb], mask[mb],
+                                             cfg.clip_coef)
+            kl = masked_mean(kl_k3(logp, logp_ref[mb]), mask[mb])
+            loss = pg_loss + cfg.beta * kl
+            check_finite(loss, iteration)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+            kls.append(kl.item())
+    return {"losses/policy_loss": sum(losses) / len(losses),
+            "objective/kl_k3_token": sum(kls) / len(kls)}
 
-    def iteration(it: int, progress: float) -> dict:
-        prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.group_size)
-        ro = collect_rollout(s.envs, policy, prompts, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, generator=s.generator,
-                             pad_id=s.tokenizer.pad_id)
+
+# ---- the algorithm ----------------------------------------------------------------------------
+class GRPO:
+    def __init__(self, cfg: GRPOConfig):
+        if cfg.group_size < 2 or cfg.num_envs % cfg.group_size:
+            raise ValueError(f"group_size={cfg.group_size} must be >= 2 and divide "
+                             f"num_envs={cfg.num_envs}")
+        self.cfg = cfg
+        self.s = s = setup(cfg)
+        self.policy, self.reference = trainable_copy(s.reference), s.reference
+        self.modules = {"policy": self.policy}
+        self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
+        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
+
+    def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
+        cfg, s = self.cfg, self.s
+        with timer("rollout"):  # a group of responses to each prompt, side by side
+            prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.group_size)
+            ro = collect_rollout(s.envs, self.policy, prompts, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, generator=s.generator,
+                                 pad_id=self.pad_id)
         mask = ro.response_mask.float()  # (N, T)
-        logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
-        with torch.no_grad():
-            old_logp = logprobs_of(forward_responses(policy, ro), ro.response_ids,
-                                   cfg.temperature)
+        with timer("reference"):
+            logp_ref = response_logprobs(self.reference, ro, cfg.temperature)  # (N, T)
+        with timer("old_logprobs"):
+            old_logp = response_logprobs(self.policy, ro, cfg.temperature)  # (N, T)
         adv = group_advantages(ro.scores, cfg.group_size)[:, None].expand_as(mask)  # (N, T)
-        n = cfg.num_envs
-        mb_size = max(1, n // cfg.num_minibatches)
-        losses, kls = [], []
-        for _ in range(cfg.update_epochs):
-            for mb in torch.randperm(n, generator=s.generator).split(mb_size):
-                logp = logprobs_of(forward_responses(policy, ro, mb), ro.response_ids[mb],
-                                   cfg.temperature)
-                pg_loss, _ = policy_loss_clipped(logp, old_logp[mb], adv[mb], mask[mb],
-                                                 cfg.clip_coef)
-                kl = masked_mean(kl_k3(logp, logp_ref[mb]), mask[mb])
-                loss = pg_loss + cfg.beta * kl
-                check_finite(loss, it)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                losses.append(loss.item())
-                kls.append(kl.item())
-        seq_kl = (kl_k1(old_logp, logp_ref) * mask).sum(1)
-        return {**rollout_metrics(ro, seq_kl), "losses/policy_loss": sum(losses) / len(losses),
-                "objective/kl_k3_token": sum(kls) / len(kls)}
+        with timer("update"):
+            stats = grpo_update(self.policy, self.optimizer, ro, mask, old_logp, logp_ref, adv,
+                                cfg, s.generator, iteration)
+        seq_kl = (kl_k1(old_logp, logp_ref) * mask).sum(1)  # (N,)
+        return {**rollout_metrics(ro, seq_kl), **stats}
 
-    return run_loop(Run(cfg, policy, s.reference, {"policy": policy}, optimizer, s.envs,
-                        s.tokenizer.pad_id, iteration,
-                        lambda: rng_states(s), lambda st: set_rng_states(s, st), s.generator),
-                    "grpo")
+    def state_dict(self) -> dict:
+        return {"prompt_rng": self.s.prompt_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
+
+
+def train(cfg: GRPOConfig) -> dict:
+    return run(GRPO(cfg), cfg, "grpo")

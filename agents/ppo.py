@@ -18,29 +18,18 @@ One iteration:
 Log-probs are always taken under the sampling temperature, so the ratio pi/pi_old and the
 KL to the reference compare the same distributions the samples came from.
 
-Run it: `python scripts/train_ppo.py --help`.
+Run it: `textenv ppo --help` (or `python scripts/train_ppo.py --help`).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from agents.common import (
-    Run,
-    RunConfig,
-    Setup,
-    check_finite,
-    rng_states,
-    run_loop,
-    set_rng_states,
-    setup,
-)
 from agents.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -62,6 +51,7 @@ from agents.rollout import (
     response_logprobs,
     rollout_metrics,
 )
+from agents.training import RunConfig, Timer, adam, check_finite, run, setup
 from textenv.lm import lm_loss, make_pretrain_batch
 from textenv.model import GPT
 
@@ -155,6 +145,7 @@ class ActorCritic(nn.Module):
         return action, dist.log_prob(action), dist.entropy(), values[:, -1]
 
 
+# ---- the phases of one iteration -------------------------------------------------------------
 def per_token_rewards(scores, logp, logp_ref, mask, beta: float, estimator: str):
     """-beta * KL per token, plus the score on each response's last real token. (N, T)."""
     kl = (kl_k1 if estimator == "k1" else kl_k3)(logp, logp_ref) * mask  # (N, T)
@@ -164,87 +155,32 @@ def per_token_rewards(scores, logp, logp_ref, mask, beta: float, estimator: str)
     return rewards, kl
 
 
-def make_ppo(cfg: PPOConfig):
-    """Build what a PPO run needs: (setup, agent, optimizer, KL controller, ptx documents or
-    None). train() uses it, and so does the benchmark, which times single iterations."""
-    s = setup(cfg)
-    agent = ActorCritic(s.reference, cfg.separate_critic)
-    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
-    kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-              if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
-    ptx_docs = None
-    if cfg.ptx_coef > 0:  # PPO-ptx: keep the pretraining distribution in view
-        corpus = s.task.corpus(5000, np.random.default_rng(cfg.seed + 7))
-        ptx_docs = [[s.tokenizer.bos_id] + s.tokenizer.encode(d) for d in corpus]
-    return s, agent, optimizer, kl_ctl, ptx_docs
+@torch.no_grad()
+def old_logprobs_and_values(agent: ActorCritic, ro: Rollout, mask, temperature: float):
+    """pi_old's log-probs of the sampled tokens and V(s_t), one no-grad forward. (N, T) each."""
+    logits, values = forward_responses(agent, ro)  # (N, T, V), (N, T)
+    return logprobs_of(logits, ro.response_ids, temperature) * mask, values * mask
 
 
-def train(cfg: PPOConfig) -> dict:
-    """Train LM-PPO on TextGen-v0; returns the final evaluation and the metric history."""
-    s, agent, optimizer, kl_ctl, ptx_docs = make_ppo(cfg)
-
-    def iteration(it: int, progress: float) -> dict:
-        return ppo_iteration(agent, optimizer, kl_ctl, s, cfg, it, progress, ptx_docs)
-
-    def get_state() -> dict:
-        return {"kl_ctl": kl_ctl.state_dict(), **rng_states(s)}
-
-    def set_state(state: dict) -> None:
-        kl_ctl.load_state_dict(state["kl_ctl"])
-        set_rng_states(s, state)
-
-    result = run_loop(Run(cfg, agent.lm, s.reference, {"agent": agent}, optimizer, s.envs,
-                          s.tokenizer.pad_id, iteration,
-                          get_state, set_state, s.generator), "ppo")
-    result["agent"] = agent
-    return result
-
-
-def ppo_iteration(agent: ActorCritic, optimizer, kl_ctl, s: Setup, cfg: PPOConfig,
-                  iteration: int, progress: float, ptx_docs) -> dict:
-    """One rollout + one PPO update. Returns this iteration's metrics."""
-    timing = {}
-    if cfg.anneal_lr:
-        optimizer.param_groups[0]["lr"] = (1.0 - progress) * cfg.learning_rate
-
-    # 1. rollout: the policy decodes on its KV cache; the env scores finished responses.
-    ro: Rollout = collect_rollout(s.envs, agent.lm, s.sample_prompts(cfg.num_envs),
-                                  max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, generator=s.generator,
-                                  pad_id=s.tokenizer.pad_id)
-    timing["rollout"] = ro.seconds
-    mask = ro.response_mask.float()  # (N, T)
-    scores = ro.scores - cfg.missing_eos_penalty * (~ro.eos).float()
-
-    # 2. reference log-probs and the policy's own log-probs/values, one forward each.
-    t0 = time.perf_counter()
-    logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
-    timing["reference"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        logits, old_values = forward_responses(agent, ro)  # (N, T, V), (N, T)
-        old_logp = logprobs_of(logits, ro.response_ids, cfg.temperature) * mask  # (N, T)
-        old_values = old_values * mask
-
-    # 3. KL-shaped per-token rewards, 4. GAE.
-    rewards, kl = per_token_rewards(scores, old_logp, logp_ref, mask, kl_ctl.value,
-                                    cfg.kl_estimator)
+def advantages_and_returns(rewards, values, mask, cfg: PPOConfig):
+    """GAE over the response tokens; advantages whitened over the batch. (N, T) each."""
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
-    advantages = masked_whiten(advantages, mask)
-    timing["old_logprobs"] = time.perf_counter() - t0  # one no-grad forward, rewards, GAE
+    advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
+    return masked_whiten(advantages, mask), returns
 
-    # 5. PPO update: epochs x minibatches over responses.
-    t0 = time.perf_counter()
-    n = cfg.num_envs
+
+def ppo_update(agent: ActorCritic, optimizer, ro: Rollout, mask, old_logp, old_values,
+               advantages, returns, cfg: PPOConfig, generator: torch.Generator,
+               iteration: int, ptx_docs, pad_id: int) -> dict[str, list[float]]:
+    """Epochs x minibatches of the clipped surrogate + clipped value loss - entropy bonus
+    (+ PPO-ptx); early stop when approx-KL exceeds target_kl. Returns per-minibatch stats."""
+    n = mask.shape[0]
     mb_size = max(1, n // cfg.num_minibatches)
     stats: dict[str, list[float]] = {k: [] for k in
                                      ("pg", "vf", "ent", "approx_kl", "clipfrac", "ptx")}
-    stop = False
     for _epoch in range(cfg.update_epochs):
-        order = torch.randperm(n, generator=s.generator)
+        order = torch.randperm(n, generator=generator)
         for start in range(0, n, mb_size):
             mb = order[start:start + mb_size]
             m = mask[mb]
@@ -256,9 +192,9 @@ def ppo_iteration(agent: ActorCritic, optimizer, kl_ctl, s: Setup, cfg: PPOConfi
                                          cfg.vf_clip if cfg.clip_vloss else None)
             entropy = masked_mean(entropy_from_logits(logits / cfg.temperature), m)
             loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-            if ptx_docs is not None:
-                idx = torch.randint(len(ptx_docs), (cfg.ptx_batch_size,), generator=s.generator)
-                b = make_pretrain_batch([ptx_docs[i] for i in idx], s.tokenizer.pad_id)
+            if ptx_docs is not None:  # PPO-ptx: keep the pretraining distribution in view
+                idx = torch.randint(len(ptx_docs), (cfg.ptx_batch_size,), generator=generator)
+                b = make_pretrain_batch([ptx_docs[i] for i in idx], pad_id)
                 ptx = lm_loss(agent.lm, b.input_ids, b.attention_mask, b.loss_mask)
                 loss = loss + cfg.ptx_coef * ptx
                 stats["ptx"].append(ptx.item())
@@ -273,30 +209,94 @@ def ppo_iteration(agent: ActorCritic, optimizer, kl_ctl, s: Setup, cfg: PPOConfi
             stats["approx_kl"].append(pg_stats["approx_kl"])
             stats["clipfrac"].append(pg_stats["clipfrac"])
             if cfg.target_kl is not None and pg_stats["approx_kl"] > cfg.target_kl:
-                stop = True
-                break
-        if stop:
-            break
-    timing["update"] = time.perf_counter() - t0
+                return stats
+    return stats
 
-    metrics = rollout_metrics(ro, (kl_k1(old_logp, logp_ref) * mask).sum(1))
-    beta = kl_ctl.value
-    kl_ctl.update(metrics["objective/kl"], n)
-    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
-    metrics.update({
-        "objective/kl_coef": beta,
-        "objective/rlhf_reward": (scores - beta * kl.sum(1)).mean().item(),
-        "objective/entropy": mean(stats["ent"]),
-        "losses/policy_loss": mean(stats["pg"]),
-        "losses/value_loss": mean(stats["vf"]),
-        "losses/approx_kl": mean(stats["approx_kl"]),
-        "losses/clipfrac": mean(stats["clipfrac"]),
-        "losses/ptx_loss": mean(stats["ptx"]),
-        "losses/explained_variance": explained_variance(old_values, returns, mask.bool()),
-        "charts/learning_rate": optimizer.param_groups[0]["lr"],
-        "charts/tokens_per_second": ro.num_tokens / sum(timing.values()),
-        "time/reference": timing["reference"],
-        "time/old_logprobs": timing["old_logprobs"],
-        "time/update": timing["update"],
-    })
-    return metrics
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+# ---- the algorithm ----------------------------------------------------------------------------
+class PPO:
+    """LM-PPO as the training loop (`agents.training.run`) drives it."""
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.s = s = setup(cfg)
+        self.agent = ActorCritic(s.reference, cfg.separate_critic)
+        self.policy, self.reference = self.agent.lm, s.reference
+        self.modules = {"agent": self.agent}
+        self.optimizer = adam(self.agent.parameters(), cfg.learning_rate)
+        self.kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+                       if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
+        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
+        self.ptx_docs = None
+        if cfg.ptx_coef > 0:
+            corpus = s.task.corpus(5000, np.random.default_rng(cfg.seed + 7))
+            self.ptx_docs = [[s.tokenizer.bos_id] + s.tokenizer.encode(d) for d in corpus]
+
+    def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
+        cfg, s, agent = self.cfg, self.s, self.agent
+        if cfg.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = (1.0 - progress) * cfg.learning_rate
+
+        # 1. rollout: the policy decodes on its KV cache; the env scores finished responses.
+        with timer("rollout"):
+            ro = collect_rollout(s.envs, agent.lm, s.sample_prompts(cfg.num_envs),
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 generator=s.generator, pad_id=self.pad_id)
+        mask = ro.response_mask.float()  # (N, T)
+        scores = ro.scores - cfg.missing_eos_penalty * (~ro.eos).float()  # (N,)
+
+        # 2. log-probs under the reference and under pi_old, values; one forward each.
+        with timer("reference"):
+            logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
+        with timer("old_logprobs"):
+            old_logp, old_values = old_logprobs_and_values(agent, ro, mask, cfg.temperature)
+
+        # 3. KL-shaped per-token rewards, 4. GAE.
+        with timer("advantages"):
+            rewards, kl = per_token_rewards(scores, old_logp, logp_ref, mask,
+                                            self.kl_ctl.value, cfg.kl_estimator)
+            advantages, returns = advantages_and_returns(rewards, old_values, mask, cfg)
+
+        # 5. the PPO update.
+        with timer("update"):
+            stats = ppo_update(agent, self.optimizer, ro, mask, old_logp, old_values,
+                               advantages, returns, cfg, s.generator, iteration,
+                               self.ptx_docs, self.pad_id)
+
+        # 6. metrics (CleanRL/TRL names), then adapt beta to the measured KL.
+        metrics = rollout_metrics(ro, (kl_k1(old_logp, logp_ref) * mask).sum(1))
+        beta = self.kl_ctl.value
+        self.kl_ctl.update(metrics["objective/kl"], cfg.num_envs)
+        metrics.update({
+            "objective/kl_coef": beta,
+            "objective/rlhf_reward": (scores - beta * kl.sum(1)).mean().item(),
+            "objective/entropy": _mean(stats["ent"]),
+            "losses/policy_loss": _mean(stats["pg"]),
+            "losses/value_loss": _mean(stats["vf"]),
+            "losses/approx_kl": _mean(stats["approx_kl"]),
+            "losses/clipfrac": _mean(stats["clipfrac"]),
+            "losses/ptx_loss": _mean(stats["ptx"]),
+            "losses/explained_variance": explained_variance(old_values, returns, mask.bool()),
+            "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
+        })
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"kl_ctl": self.kl_ctl.state_dict(),
+                "prompt_rng": self.s.prompt_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
+
+
+def train(cfg: PPOConfig) -> dict:
+    """Train LM-PPO on TextGen-v0; returns the final evaluation and the metric history."""
+    algo = PPO(cfg)
+    result = run(algo, cfg, "ppo")
+    result["agent"] = algo.agent
+    return result

@@ -14,24 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.common import (
-    Run,
-    RunConfig,
-    check_finite,
-    rng_states,
-    run_loop,
-    set_rng_states,
-    setup,
-    trainable_copy,
-)
 from agents.core import kl_k1, sequence_policy_gradient_loss
 from agents.rollout import (
+    Rollout,
     collect_rollout,
     forward_responses,
     logprobs_of,
     response_logprobs,
     rollout_metrics,
 )
+from agents.training import RunConfig, Timer, adam, check_finite, run, setup, trainable_copy
 
 
 @dataclass
@@ -48,39 +40,67 @@ class ReinforceConfig(RunConfig):
     """Gradient norm clip."""
 
 
-def train(cfg: ReinforceConfig) -> dict:
-    s = setup(cfg)
-    policy = trainable_copy(s.reference)
-    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
-    baseline = {"value": None}
+# ---- the phases of one iteration -------------------------------------------------------------
+def sequence_returns(policy, reference, ro: Rollout, kl_coef: float, temperature: float):
+    """Each response's return, score - beta * KL(policy || reference) (summed k1), with the
+    policy's log-probs kept for the gradient. -> returns (N,), logp (N, T), seq_kl (N,)."""
+    mask = ro.response_mask.float()  # (N, T)
+    logp_ref = response_logprobs(reference, ro, temperature)  # (N, T)
+    logp = logprobs_of(forward_responses(policy, ro), ro.response_ids, temperature)  # (N, T)
+    seq_kl = (kl_k1(logp.detach(), logp_ref) * mask).sum(1)  # (N,)
+    return ro.scores - kl_coef * seq_kl, logp, seq_kl
 
-    def iteration(it: int, progress: float) -> dict:
-        ro = collect_rollout(s.envs, policy, s.sample_prompts(cfg.num_envs),
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             generator=s.generator, pad_id=s.tokenizer.pad_id)
-        mask = ro.response_mask.float()  # (N, T)
-        logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
-        logp = logprobs_of(forward_responses(policy, ro), ro.response_ids, cfg.temperature)
-        seq_kl = (kl_k1(logp.detach(), logp_ref) * mask).sum(1)  # (N,)
-        returns = ro.scores - cfg.kl_coef * seq_kl  # (N,)
-        batch_mean = returns.mean().item()
-        if baseline["value"] is None:
-            baseline["value"] = batch_mean
-        advantages = returns - baseline["value"]
-        loss = sequence_policy_gradient_loss(logp, advantages, mask)
-        check_finite(loss, it)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+
+def policy_gradient_step(policy, optimizer, logp, advantages, mask, max_grad_norm: float,
+                         iteration: int) -> torch.Tensor:
+    """One step of the score-function estimator  -A * sum_t log pi(a_t|s_t)."""
+    loss = sequence_policy_gradient_loss(logp, advantages, mask)
+    check_finite(loss, iteration)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss
+
+
+# ---- the algorithm ----------------------------------------------------------------------------
+class Reinforce:
+    def __init__(self, cfg: ReinforceConfig):
+        self.cfg = cfg
+        self.s = s = setup(cfg)
+        self.policy, self.reference = trainable_copy(s.reference), s.reference
+        self.modules = {"policy": self.policy}
+        self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
+        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
+        self.baseline: float | None = None  # moving average of past returns
+
+    def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
+        cfg, s = self.cfg, self.s
+        with timer("rollout"):
+            ro = collect_rollout(s.envs, self.policy, s.sample_prompts(cfg.num_envs),
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 generator=s.generator, pad_id=self.pad_id)
+        with timer("update"):
+            returns, logp, seq_kl = sequence_returns(self.policy, self.reference, ro,
+                                                     cfg.kl_coef, cfg.temperature)
+            batch_mean = returns.mean().item()
+            if self.baseline is None:
+                self.baseline = batch_mean
+            advantages = returns - self.baseline  # (N,) better or worse than usual
+            loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
+                                        ro.response_mask.float(), cfg.max_grad_norm, iteration)
         d = cfg.baseline_decay
-        baseline["value"] = d * baseline["value"] + (1 - d) * batch_mean
+        self.baseline = d * self.baseline + (1 - d) * batch_mean
         return {**rollout_metrics(ro, seq_kl), "losses/policy_loss": loss.item(),
-                "objective/rlhf_reward": batch_mean, "objective/baseline": baseline["value"]}
+                "objective/rlhf_reward": batch_mean, "objective/baseline": self.baseline}
 
-    return run_loop(Run(cfg, policy, s.reference, {"policy": policy}, optimizer, s.envs,
-                        s.tokenizer.pad_id, iteration,
-                        lambda: {**rng_states(s), "baseline": baseline["value"]},
-                        lambda st: (set_rng_states(s, st), baseline.update(value=st["baseline"])),
-                        s.generator), "reinforce")
+    def state_dict(self) -> dict:
+        return {"baseline": self.baseline, "prompt_rng": self.s.prompt_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.baseline = state["baseline"]
+        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
+
+
+def train(cfg: ReinforceConfig) -> dict:
+    return run(Reinforce(cfg), cfg, "reinforce")

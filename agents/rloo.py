@@ -11,26 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from agents.common import (
-    Run,
-    RunConfig,
-    check_finite,
-    rng_states,
-    run_loop,
-    set_rng_states,
-    setup,
-    trainable_copy,
-)
-from agents.core import kl_k1, sequence_policy_gradient_loss
-from agents.rollout import (
-    collect_rollout,
-    forward_responses,
-    logprobs_of,
-    response_logprobs,
-    rollout_metrics,
-)
+from agents.reinforce import policy_gradient_step, sequence_returns
+from agents.rollout import collect_rollout, rollout_metrics
+from agents.training import RunConfig, Timer, adam, run, setup, trainable_copy
 
 
 @dataclass
@@ -55,35 +39,40 @@ def leave_one_out_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
     return (grouped - others_mean).view(-1)
 
 
-def train(cfg: RLOOConfig) -> dict:
-    if cfg.rloo_k < 2 or cfg.num_envs % cfg.rloo_k:
-        raise ValueError(f"rloo_k={cfg.rloo_k} must be >= 2 and divide num_envs={cfg.num_envs}")
-    s = setup(cfg)
-    policy = trainable_copy(s.reference)
-    # fused: one kernel updates every tensor (a for-loop Adam costs ~5x more per step here)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+class RLOO:
+    def __init__(self, cfg: RLOOConfig):
+        if cfg.rloo_k < 2 or cfg.num_envs % cfg.rloo_k:
+            raise ValueError(f"rloo_k={cfg.rloo_k} must be >= 2 and divide "
+                             f"num_envs={cfg.num_envs}")
+        self.cfg = cfg
+        self.s = s = setup(cfg)
+        self.policy, self.reference = trainable_copy(s.reference), s.reference
+        self.modules = {"policy": self.policy}
+        self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
+        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
 
-    def iteration(it: int, progress: float) -> dict:
-        prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.rloo_k)
-        ro = collect_rollout(s.envs, policy, prompts, max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, generator=s.generator,
-                             pad_id=s.tokenizer.pad_id)
-        mask = ro.response_mask.float()  # (N, T)
-        logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
-        logp = logprobs_of(forward_responses(policy, ro), ro.response_ids, cfg.temperature)
-        seq_kl = (kl_k1(logp.detach(), logp_ref) * mask).sum(1)  # (N,)
-        returns = ro.scores - cfg.kl_coef * seq_kl  # (N,)
-        advantages = leave_one_out_advantages(returns, cfg.rloo_k)
-        loss = sequence_policy_gradient_loss(logp, advantages, mask)
-        check_finite(loss, it)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+    def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
+        cfg, s = self.cfg, self.s
+        with timer("rollout"):  # k responses to each prompt, side by side
+            prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.rloo_k)
+            ro = collect_rollout(s.envs, self.policy, prompts, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, generator=s.generator,
+                                 pad_id=self.pad_id)
+        with timer("update"):
+            returns, logp, seq_kl = sequence_returns(self.policy, self.reference, ro,
+                                                     cfg.kl_coef, cfg.temperature)
+            advantages = leave_one_out_advantages(returns, cfg.rloo_k)
+            loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
+                                        ro.response_mask.float(), cfg.max_grad_norm, iteration)
         return {**rollout_metrics(ro, seq_kl), "losses/policy_loss": loss.item(),
                 "objective/rlhf_reward": returns.mean().item()}
 
-    return run_loop(Run(cfg, policy, s.reference, {"policy": policy}, optimizer, s.envs,
-                        s.tokenizer.pad_id, iteration,
-                        lambda: rng_states(s), lambda st: set_rng_states(s, st), s.generator),
-                    "rloo")
+    def state_dict(self) -> dict:
+        return {"prompt_rng": self.s.prompt_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
+
+
+def train(cfg: RLOOConfig) -> dict:
+    return run(RLOO(cfg), cfg, "rloo")

@@ -14,11 +14,13 @@ reads to predict the next token.
 With `pretrained=True` (default) the trunk is the shipped SFT policy's and
 `init_action_head_from_lm` copies its LM head into SB3's action head, so SB3 starts from
 the SFT policy. With `pretrained=False` the trunk is a freshly initialised tiny GPT.
+
+`baseline_main` (`textenv sb3-baseline`) asks whether SB3 raises the mean reward over its
+starting policy: SFT and each SB3 algorithm, evaluated on the same held-out prompts.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,9 +32,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 import textenv  # noqa: F401  (registers TextGen-v0)
-from agents.common import RunConfig, RunLogger
+from agents.training import RunConfig, eval_prompts, evaluate, setup
 from textenv.assets import ASSETS_DIR, load_policy
 from textenv.model import GPT, GPTConfig
+from textenv.runlog import RunLogger
+from textenv.storage import atomic_write, write_json
+from textenv.wrappers import KLPenalty, ReferenceActionMask
 
 
 class TokenFeaturesExtractor(BaseFeaturesExtractor):
@@ -126,10 +131,17 @@ class SB3Config(RunConfig):
     n_epochs: int = 4
     """PPO epochs per rollout."""
     kl_coef: float = 0.05
-    """Env-side shaping kl_coef * log pi_ref(a|s) (with an entropy bonus of the same size
-    this is the KL-regularised objective)."""
+    """Env-side shaping kl_coef * log pi_ref(a|s) by the `KLPenalty` wrapper (with an
+    entropy bonus of the same size this is the KL-regularised objective)."""
     pretrained: bool = True
     """Start from the SFT policy (trunk + LM head); else from a random tiny GPT."""
+
+
+def reference_wrappers(env: gym.Env, kl_coef: float, action_mask: bool) -> gym.Env:
+    """The wrappers SB3 needs on TextGen-v0: KL shaping, and reference top-k action masks for
+    MaskablePPO (both share one reference forward per step)."""
+    env = KLPenalty(env, kl_coef=kl_coef)
+    return ReferenceActionMask(env, mode="top_k") if action_mask else env
 
 
 class _EpisodeLog(BaseCallback):
@@ -167,13 +179,12 @@ def train(cfg: SB3Config) -> dict:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import configure
 
-    from agents.common import evaluate, setup
-
     s = setup(cfg)  # reference, eval envs, seeds
-    env_kwargs = {"reward": cfg.reward, "max_new_tokens": cfg.max_new_tokens,
-                  "kl_coef": cfg.kl_coef, "assets_dir": cfg.assets_dir,
-                  "action_mask": "top_k" if cfg.algo == "maskable_ppo" else None}
-    venv = make_vec_env("TextGen-v0", n_envs=cfg.n_envs, seed=cfg.seed, env_kwargs=env_kwargs)
+    env_kwargs = {"task": cfg.task, "reward": cfg.reward, "max_new_tokens": cfg.max_new_tokens,
+                  "assets_dir": cfg.assets_dir}
+    wrapper_kwargs = {"kl_coef": cfg.kl_coef, "action_mask": cfg.algo == "maskable_ppo"}
+    venv = make_vec_env("TextGen-v0", n_envs=cfg.n_envs, seed=cfg.seed, env_kwargs=env_kwargs,
+                        wrapper_class=reference_wrappers, wrapper_kwargs=wrapper_kwargs)
     common = {"policy_kwargs": lm_policy_kwargs(cfg.pretrained, cfg.assets_dir),
               "learning_rate": cfg.learning_rate, "n_steps": cfg.n_steps, "gamma": 1.0,
               "ent_coef": cfg.kl_coef, "seed": cfg.seed, "verbose": 0}
@@ -198,13 +209,58 @@ def train(cfg: SB3Config) -> dict:
     t0 = time.perf_counter()
     model.learn(cfg.total_env_steps, callback=log, progress_bar=cfg.progress)
     wall = time.perf_counter() - t0
-    prompts = s.task.eval_prompts(max(cfg.eval_prompts, cfg.num_envs), seed=cfg.seed + 100)
-    final = evaluate(policy_as_gpt(model), s.reference, s.envs, prompts,
+    final = evaluate(policy_as_gpt(model), s.reference, s.envs, eval_prompts(cfg),
                      max_new_tokens=cfg.max_new_tokens, temperature=1.0,
                      pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
     samples = final.pop("samples")
     final.update({"charts/env_steps": model.num_timesteps, "charts/wall_clock": wall})
-    (run_dir / "final_eval.json").write_text(json.dumps(final, indent=1))
+    write_json(run_dir / "final_eval.json", final)
     return {"final": final, "samples": samples, "history": log.metrics.rows,
             "run_dir": str(run_dir),
             "interrupted": False, "model": model}
+
+
+# ---- the command: `textenv sb3-baseline` -----------------------------------------------------
+@dataclass
+class SB3BaselineConfig:
+    """stable-baselines3 on TextGen-v0: does SB3 raise the mean reward over its starting
+    policy? Runs each algorithm from the SFT policy and evaluates before and after on the
+    same held-out prompts and sampling seed; prints a markdown table, writes it and JSON."""
+
+    algos: tuple[str, ...] = ("ppo",)
+    """SB3 algorithms: ppo, a2c, maskable_ppo."""
+    total_env_steps: int = 6000
+    """Env steps per algorithm."""
+    seed: int = 1
+    """Seed."""
+    task: str = "reviews"
+    """Task to train and evaluate on."""
+    out_dir: str = "runs/sb3_baseline"
+    """Where runs, table.md and results.json go."""
+
+
+def baseline_main(cfg: SB3BaselineConfig) -> dict:
+    """`textenv sb3-baseline`: returns {"SFT (start)": ..., "SB3 <algo>": ...} final
+    evaluations, and writes table.md and results.json to cfg.out_dir."""
+    base = SB3Config(total_env_steps=cfg.total_env_steps, seed=cfg.seed, task=cfg.task,
+                     tensorboard=False)
+    s = setup(base)
+    before = evaluate(s.reference, s.reference, s.envs, eval_prompts(base),
+                      max_new_tokens=base.max_new_tokens, temperature=1.0,
+                      pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
+    results = {"SFT (start)": {k: v for k, v in before.items() if k != "samples"}}
+    for algo in cfg.algos:
+        run_cfg = replace(base, algo=algo, run_dir=str(Path(cfg.out_dir) / algo))
+        results[f"SB3 {algo}"] = train(run_cfg)["final"]
+    lines = ["| policy | env steps | learned reward | gold score | KL to SFT (nats) "
+             "| wall-clock (s) |", "|---|---|---|---|---|---|"]
+    for name, f in results.items():
+        lines.append(f"| {name} | {f.get('charts/env_steps', 0)} | {f['eval/reward_mean']:.3f} | "
+                     f"{f['eval/gold_mean']:.3f} | {f['eval/kl']:.3f} | "
+                     f"{f.get('charts/wall_clock', 0):.0f} |")
+    table = "\n".join(lines)
+    out = Path(cfg.out_dir)
+    atomic_write(out / "table.md", table + "\n")
+    write_json(out / "results.json", results)
+    print(table)
+    return results

@@ -1,18 +1,26 @@
 """The first half of the InstructGPT pipeline: corpus -> base LM -> SFT policy.
 
-Each stage is a function with a config dataclass (field docstrings are the scripts'
-`--help`). `scripts/build_assets.py` runs them in order with one seed; the reward-model
-stage lives in `reward_models.pipeline`.
+Each stage is a function with a config dataclass (field docstrings are the commands'
+`--help`). Two commands run one stage each:
+
+    textenv pretrain --out-dir runs/pretrain        # pretrain_main(PretrainArgs)
+    textenv sft --base-dir runs/pretrain            # sft_main(SFTArgs)
+
+`textenv build-assets` (`reward_models.pipeline.build_assets_main`) runs every stage in
+order with one seed, the reward-model stage included.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from textenv.assets import load_policy, load_tokenizer
 from textenv.lm import (
     encode_prompt,
     generate_text,
@@ -22,7 +30,7 @@ from textenv.lm import (
     train_lm,
 )
 from textenv.model import GPT, GPTConfig
-from textenv.tasks import Task
+from textenv.tasks import Task, make_task
 from textenv.tokenizer import WordTokenizer
 
 
@@ -142,3 +150,65 @@ def evaluate_policy(model: GPT, task: Task, tokenizer: WordTokenizer, cfg: Polic
             "eos_rate": float(np.mean([r.endswith("<eos>") for r in responses])),
             "mean_length": float(np.mean([len(r.split()) for r in responses])),
             "prompts": prompts, "responses": responses, "gold": gold}
+
+
+# ---- the two commands ------------------------------------------------------------------------
+@dataclass
+class PretrainArgs:
+    """Pretrain a base LM on the task's synthetic corpus (the first stage of build-assets)."""
+
+    out_dir: Path = Path("runs/pretrain")
+    """Where to write base.safetensors, base.json and tokenizer.json."""
+    seed: int = 0
+    """Random seed."""
+    task: str = "reviews"
+    """Task whose corpus to train on."""
+    threads: int = 2
+    """torch threads."""
+    config: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def pretrain_main(args: PretrainArgs) -> dict:
+    """`textenv pretrain`: train a base LM and save it with its tokenizer; returns its stats."""
+    torch.set_num_threads(args.threads)
+    task = make_task(args.task)
+    tokenizer = build_tokenizer(task)
+    tokenizer.save(args.out_dir / "tokenizer.json")
+    model, stats = pretrain(task, tokenizer, args.config, seed=args.seed)
+    model.save(args.out_dir, "base")
+    print(json.dumps(stats, indent=2))
+    return stats
+
+
+@dataclass
+class SFTArgs:
+    """Supervised fine-tuning of a base LM on imperfect demonstrations (loss on responses
+    only)."""
+
+    base_dir: Path = Path("runs/pretrain")
+    """Directory holding base.safetensors/base.json and tokenizer.json."""
+    out_dir: Path = Path("runs/sft")
+    """Where to write sft.safetensors, sft.json and tokenizer.json."""
+    seed: int = 1
+    """Random seed."""
+    task: str = "reviews"
+    """Task whose demonstrations to train on."""
+    threads: int = 2
+    """torch threads."""
+    config: SFTConfig = field(default_factory=SFTConfig)
+    eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
+
+
+def sft_main(args: SFTArgs) -> dict:
+    """`textenv sft`: fine-tune the base LM of base_dir, save it, and report its gold score."""
+    torch.set_num_threads(args.threads)
+    task = make_task(args.task)
+    tokenizer = load_tokenizer(args.base_dir)
+    base = load_policy("base", args.base_dir, tokenizer)
+    model, stats = supervised_finetune(base, task, tokenizer, args.config, seed=args.seed)
+    model.save(args.out_dir, "sft")
+    tokenizer.save(args.out_dir / "tokenizer.json")
+    result = evaluate_policy(model, task, tokenizer, args.eval)
+    stats.update(sft_gold_mean=result["gold_mean"], sft_eos_rate=result["eos_rate"])
+    print(json.dumps(stats, indent=2))
+    return stats

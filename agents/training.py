@@ -1,0 +1,397 @@
+"""The loop every trained algorithm shares, and the setup it starts from.
+
+An algorithm file (ppo.py, reinforce.py, ...) defines a config dataclass (a `RunConfig`
+with its own fields) and a small class that follows the `Algorithm` protocol:
+
+    class PPO:
+        policy, reference, optimizer, modules      # what is evaluated and checkpointed
+        def iteration(self, it, progress, timer) -> dict   # one rollout + one update
+        def state_dict(self) -> dict                # JSON-able state (KL controller, RNGs)
+        def load_state_dict(self, state) -> None
+
+`run(algo, cfg, name)` then does the rest, the same way for every algorithm: iterations until
+the env-step budget is spent, evaluation on held-out prompts, metrics.csv + TensorBoard,
+checkpoint sets (`textenv.storage.Checkpoints`), `--resume` from the newest complete one,
+Ctrl-C (finish the iteration, save, exit cleanly), a lock on the run directory, and a stop
+naming the iteration when a loss or the weights stop being finite.
+
+`timer("phase")` is how an iteration's phases are timed: the loop passes a `PhaseTimer`
+(its totals become the `time/<phase>` metrics) and the benchmark passes its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+import textenv  # noqa: F401  (registers TextGen-v0)
+from agents.rollout import collect_rollout, response_logprobs
+from textenv.assets import ASSETS_DIR, load_reference, load_tokenizer
+from textenv.model import GPT
+from textenv.runlog import Progress, RunLogger
+from textenv.storage import (
+    Checkpoints,
+    RunDirLock,
+    check_tensors,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from textenv.tasks import Task, make_task
+from textenv.tokenizer import Tokenizer
+
+
+@dataclass
+class RunConfig:
+    """Fields every algorithm shares (each algorithm's config extends this one)."""
+
+    seed: int = 1
+    """Seed for prompts, sampling and minibatch order."""
+    task: str = "reviews"
+    """Task to train on (its prompts, gold scorer and evaluation prompts)."""
+    total_env_steps: int = 150_000
+    """Budget in env steps (= generated tokens, summed over envs)."""
+    run_dir: str = "runs/run"
+    """Where metrics.csv, TensorBoard events and checkpoints go."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in run_dir/checkpoints."""
+    checkpoint_every: int = 20
+    """Save a checkpoint every this many iterations (and at the end / on Ctrl-C)."""
+    eval_every: int = 10
+    """Evaluate on held-out prompts every this many iterations (0: only at the end)."""
+    eval_prompts: int = 128
+    """Held-out prompts per evaluation."""
+    threads: int = 2
+    """torch threads (2 suits the 2-core reference machine)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files beside metrics.csv."""
+    progress: bool = True
+    """Show progress (a bar on a terminal, a line every ~10 s in a log)."""
+    assets_dir: str = str(ASSETS_DIR)
+    """Directory of the SFT policy, tokenizer and reward model."""
+    num_envs: int = 64
+    """Responses per rollout (envs of the vector env)."""
+    max_new_tokens: int = 40
+    """Response length limit."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are taken under it everywhere)."""
+    reward: str = "learned"
+    """Env reward: "learned" (reward model), "gold" or "ensemble"."""
+    max_abs_weight: float = 1000.0
+    """Divergence guard: stop (keeping the last good checkpoint) once any weight's magnitude
+    exceeds this (the shipped SFT policy's largest is about 1.3)."""
+
+
+# ---- what every algorithm starts from --------------------------------------------------------
+def make_envs(num_envs: int, *, task: str = "reviews", reward="learned",
+              max_new_tokens: int | None = None, assets_dir=ASSETS_DIR):
+    """The natively batched TextGen-v0 vector env, unwrapped: LM agents shape the KL
+    themselves, from their own log-probs."""
+    return gym.make_vec("TextGen-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
+                        task=task, reward=reward, max_new_tokens=max_new_tokens,
+                        assets_dir=assets_dir)
+
+
+@dataclass
+class Setup:
+    """What every algorithm loads first: tokenizer, task, frozen reference, envs, RNGs."""
+
+    tokenizer: Tokenizer
+    task: Task
+    reference: GPT
+    envs: gym.vector.VectorEnv
+    prompt_rng: np.random.Generator
+    generator: torch.Generator
+
+    def sample_prompts(self, n: int, group_size: int = 1) -> list[str]:
+        """n training prompts; each distinct prompt repeated `group_size` times in a row."""
+        distinct = [self.task.sample_prompt(self.prompt_rng, "train")
+                    for _ in range(n // group_size)]
+        return [p for p in distinct for _ in range(group_size)]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's `random`, NumPy and torch (CPU and, if present, CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(cfg: RunConfig) -> Setup:
+    torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
+                     max_new_tokens=cfg.max_new_tokens, assets_dir=cfg.assets_dir)
+    return Setup(load_tokenizer(cfg.assets_dir), make_task(cfg.task),
+                 load_reference(cfg.assets_dir), envs,
+                 np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed))
+
+
+def trainable_copy(model: GPT) -> GPT:
+    """A trainable copy of a (frozen, shared) model: the policy starts as the SFT policy."""
+    return copy.deepcopy(model).requires_grad_(True)
+
+
+def adam(parameters, learning_rate: float) -> torch.optim.Adam:
+    """The optimizer of every RL agent. fused: one kernel updates every tensor (a for-loop
+    Adam costs about 5x more per step at these sizes)."""
+    return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-5, fused=True)
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(policy: GPT, reference: GPT, envs, prompts: list[str], *, max_new_tokens: int,
+             temperature: float, pad_id: int, seed: int = 0) -> dict:
+    """Sample once per held-out prompt: mean gold, learned reward, sequence KL to reference."""
+    n = envs.num_envs
+    gen = torch.Generator().manual_seed(seed)
+    gold, score, kl, eos, length = [], [], [], [], []
+    samples = []
+    if len(prompts) < n:
+        raise ValueError(f"need at least num_envs={n} evaluation prompts, got {len(prompts)}")
+    for s in range(0, len(prompts) - n + 1, n):  # whole batches of num_envs prompts
+        chunk = prompts[s:s + n]
+        ro = collect_rollout(envs, policy, chunk, max_new_tokens=max_new_tokens,
+                             temperature=temperature, generator=gen, pad_id=pad_id)
+        logp = response_logprobs(policy, ro, temperature)
+        logp_ref = response_logprobs(reference, ro, temperature)
+        kl.append(((logp - logp_ref) * ro.response_mask).sum(1))
+        gold.append(ro.gold)
+        score.append(ro.scores)
+        eos.append(ro.eos.float())
+        length.append(ro.response_mask.sum(1).float())
+        samples += list(zip(ro.prompts, ro.responses, ro.gold.tolist(), ro.scores.tolist()))
+    cat = torch.cat
+    return {"eval/gold_mean": cat(gold).mean().item(),
+            "eval/reward_mean": cat(score).mean().item(),
+            "eval/kl": cat(kl).mean().item(),
+            "eval/eos_rate": cat(eos).mean().item(),
+            "eval/response_length": cat(length).mean().item(),
+            "samples": samples}
+
+
+def eval_prompts(cfg: RunConfig) -> list[str]:
+    """The held-out prompts of a run (the same for the same seed)."""
+    return make_task(cfg.task).eval_prompts(max(cfg.eval_prompts, cfg.num_envs),
+                                            seed=cfg.seed + 100)
+
+
+# ---- the protocol and the loop ---------------------------------------------------------------
+Timer = Callable[[str], AbstractContextManager]
+"""timer(name) -> a context manager around one phase of an iteration."""
+
+
+class PhaseTimer:
+    """Sums the wall-clock of named phases: `with timer("update"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+class Algorithm(Protocol):
+    """What `run` needs from an algorithm."""
+
+    policy: GPT  # the LM that writes responses (evaluated on held-out prompts)
+    reference: GPT  # the frozen SFT policy (KL is measured against it)
+    optimizer: torch.optim.Optimizer
+    modules: dict[str, nn.Module]  # name -> module, saved in checkpoints
+    envs: gym.vector.VectorEnv
+    pad_id: int
+    generator: torch.Generator  # sampling and minibatch order
+
+    def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
+        """One rollout and one update; `progress` is the fraction of the budget used.
+        Returns the metrics, including `charts/env_steps_iter` (tokens generated)."""
+
+    def state_dict(self) -> dict:
+        """The algorithm's own state, JSON-able (KL controller, baselines, prompt RNG)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class DivergenceError(RuntimeError):
+    """A loss, the weights or a gradient stopped being finite: the run stops, and the last
+    good checkpoint is kept."""
+
+
+def check_finite(loss: torch.Tensor, iteration: int) -> None:
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"non-finite loss ({loss.item()}) at iteration {iteration}; "
+                              f"the last good checkpoint is kept")
+
+
+def save_checkpoint(directory: Path, algo: Algorithm, state: dict) -> None:
+    """One checkpoint set into `directory`: weights (safetensors), optimizer state
+    (torch.save, read back with weights_only=True), RNG states, and state.json."""
+    tensors = {f"{name}.{k}": v for name, m in algo.modules.items()
+               for k, v in m.state_dict().items()}
+    tensors["rng.torch_generator"] = algo.generator.get_state()
+    tensors["rng.torch_global"] = torch.get_rng_state()
+    save_tensors(directory / "model.safetensors", tensors)
+    torch.save(algo.optimizer.state_dict(), directory / "optimizer.pt")
+    write_json(directory / "state.json", state)
+
+
+def load_checkpoint(directory: Path, algo: Algorithm) -> dict:
+    """Restore what `save_checkpoint` wrote; returns the trainer state (state.json).
+    A missing, corrupt or mismatched file raises a ValueError naming it."""
+    state = read_json(directory / "state.json", "checkpoint state")
+    for key in ("iteration", "env_steps", "algorithm"):
+        if key not in state:
+            raise ValueError(f"checkpoint state {directory / 'state.json'} has no {key!r}")
+    w_path = directory / "model.safetensors"
+    tensors = load_tensors(w_path)
+    for name, m in algo.modules.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        expected = {k: v for k, v in m.state_dict().items() if k in sd or
+                    not k.endswith("lm_head.weight")}  # a tied head is stored once
+        try:
+            check_tensors(sd, expected, w_path, f"the {name} being trained")
+            m.load_state_dict(sd, strict=False)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"checkpoint {w_path} does not match the model: {e}") from e
+    try:
+        algo.generator.set_state(tensors["rng.torch_generator"])
+        torch.set_rng_state(tensors["rng.torch_global"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise ValueError(f"checkpoint {w_path}: bad or missing RNG state ({e!r})") from e
+    opt_path = directory / "optimizer.pt"
+    try:
+        algo.optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
+    except Exception as e:  # torch raises several types on truncated or foreign files
+        raise ValueError(f"could not read optimizer state {opt_path}: {e}") from e
+    try:
+        algo.load_state_dict(state["algorithm"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint state {directory / 'state.json'}: bad 'algorithm' "
+                         f"entry ({e!r})") from e
+    return state
+
+
+def run(algo: Algorithm, cfg: RunConfig, name: str) -> dict:
+    """Train `algo` until `cfg.total_env_steps` env steps are spent; see the module doc.
+
+    Returns {"final": final evaluation, "samples": its (prompt, response, gold, reward),
+    "history": the metric rows, "run_dir", "interrupted", "iterations"}.
+    """
+    run_dir = Path(cfg.run_dir)
+    with RunDirLock(run_dir):
+        return _run_locked(algo, cfg, name, run_dir)
+
+
+def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> dict:
+    checkpoints = Checkpoints(run_dir)
+    iteration, env_steps = 0, 0
+    if cfg.resume:
+        latest = checkpoints.latest()
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoints.root}")
+        state = load_checkpoint(latest, algo)
+        iteration, env_steps = state["iteration"], state["env_steps"]
+        for group in algo.optimizer.param_groups:  # the config's, not the saved optimizer's
+            group["lr"] = getattr(cfg, "learning_rate", group["lr"])
+        print(f"resuming from {latest} (iteration {iteration}, {env_steps} env steps)")
+    logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, resume=cfg.resume)
+    logger.truncate(iteration)
+    write_json(run_dir / "config.json", asdict(cfg))
+    prompts = eval_prompts(cfg)
+
+    def run_eval() -> dict:
+        return evaluate(algo.policy, algo.reference, algo.envs, prompts,
+                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        pad_id=algo.pad_id, seed=cfg.seed + 200)
+
+    def checkpoint() -> None:
+        state = {"iteration": iteration, "env_steps": env_steps, "name": name,
+                 "algorithm": algo.state_dict()}
+        checkpoints.save(iteration, lambda d: save_checkpoint(d, algo, state))
+
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    t_start = time.perf_counter()
+    bar = Progress(cfg.total_env_steps, desc=name, unit="tok", initial=env_steps,
+                   enabled=cfg.progress)
+    try:
+        while env_steps < cfg.total_env_steps:
+            iteration += 1
+            timer, t_iter = PhaseTimer(), time.perf_counter()
+            try:
+                metrics = algo.iteration(iteration, env_steps / cfg.total_env_steps, timer)
+            except Exception as e:  # e.g. a reward function returning NaN: say when
+                e.add_note(f"(in iteration {iteration} of the {name} run in {run_dir}; the "
+                           f"last good checkpoint is kept)")
+                raise
+            check_weights(algo, iteration, cfg.max_abs_weight)
+            steps = int(metrics.pop("charts/env_steps_iter"))
+            env_steps += steps
+            metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+            metrics["charts/tokens_per_second"] = steps / (time.perf_counter() - t_iter)
+            metrics["charts/env_steps"] = env_steps
+            metrics["charts/wall_clock"] = time.perf_counter() - t_start
+            if cfg.eval_every and iteration % cfg.eval_every == 0:
+                metrics.update({k: v for k, v in run_eval().items() if k != "samples"})
+            logger.log(iteration, metrics)
+            bar.update(steps, gold=metrics.get("env/gold_mean", float("nan")),
+                       reward=metrics.get("env/reward_mean", float("nan")),
+                       kl=metrics.get("objective/kl", float("nan")))
+            if (interrupted or iteration % cfg.checkpoint_every == 0
+                    or env_steps >= cfg.total_env_steps):
+                checkpoint()
+            if interrupted:
+                print(f"\ninterrupted: checkpoint saved at iteration {iteration} in "
+                      f"{checkpoints.root}")
+                break
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, old_handler)
+        logger.close()
+    final = run_eval()
+    final_metrics = {k: v for k, v in final.items() if k != "samples"}
+    final_metrics["charts/env_steps"] = env_steps
+    final_metrics["charts/wall_clock"] = time.perf_counter() - t_start
+    write_json(run_dir / "final_eval.json", final_metrics)
+    return {"final": final_metrics, "samples": final["samples"], "history": logger.rows,
+            "run_dir": str(run_dir), "interrupted": interrupted, "iterations": iteration}
+
+
+@torch.no_grad()
+def check_weights(algo: Algorithm, iteration: int, max_abs_weight: float) -> None:
+    """Stop before a checkpoint is written if any weight is no longer finite or has grown
+    past `max_abs_weight` (an update that diverged: the next rollout would sample from
+    garbage logits)."""
+    for name, module in algo.modules.items():
+        for pname, p in module.named_parameters():
+            largest = p.abs().max().item()
+            if not math.isfinite(largest) or largest > max_abs_weight:
+                raise DivergenceError(
+                    f"the update diverged in iteration {iteration}: weight {name}.{pname} "
+                    f"reached {largest:.3g} (limit max_abs_weight={max_abs_weight:g}); the "
+                    f"last good checkpoint is kept (lower the learning rate?)")
