@@ -20,6 +20,7 @@ from agents.grpo import group_advantages
 from agents.ppo import ActorCritic, per_token_rewards
 from agents.rloo import leave_one_out_advantages
 from textenv.model import GPT, GPTConfig
+from textenv.storage import Checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_prompts": 8, "eval_every": 1,
@@ -94,7 +95,8 @@ def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
         steps = [row["charts/env_steps"] for row in result["history"]]
         assert steps[-1] >= cfg.total_env_steps > (steps[-2] if len(steps) > 1 else 0)
         assert (tmp_path / algo / "metrics.csv").exists()
-        assert (tmp_path / algo / "checkpoint" / "model.safetensors").exists()
+        latest = Checkpoints(tmp_path / algo).latest()
+        assert (latest / "model.safetensors").exists() and (latest / "state.json").exists()
 
 
 def _ppo_cmd(run_dir, extra=()):
@@ -126,7 +128,7 @@ def test_ctrl_c_saves_and_resume_gives_the_same_next_iteration(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-2000:]
-    state = json.loads((cut / "checkpoint" / "state.json").read_text())
+    state = json.loads((Checkpoints(cut).latest() / "state.json").read_text())
     stopped = state["iteration"]
     assert "interrupted: checkpoint saved" in out or stopped == max(_metrics(full))
     subprocess.run(_ppo_cmd(cut, ["--resume"]), check=True, env=env, capture_output=True,
@@ -152,4 +154,4 @@ def test_non_finite_loss_stops_and_names_the_iteration(tmp_path, monkeypatch):
     cfg = replace(ppo.PPOConfig(), run_dir=str(tmp_path / "nan"), **TINY)
     with pytest.raises(RuntimeError, match="iteration 1"):
         ppo.train(cfg)
-    assert not (tmp_path / "nan" / "checkpoint" / "state.json").exists()
+    assert Checkpoints(tmp_path / "nan").latest() is None

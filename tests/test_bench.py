@@ -1,33 +1,23 @@
-"""scripts/bench.py: every measurement runs at tiny sizes and reports every figure.
+"""agents.bench: every measurement runs at tiny sizes and reports every figure.
 
-No assertion here is about speed (SPEC §8: speed is checked by the benchmark itself).
+No assertion here is about speed (the benchmark itself reports speed); only that each
+figure is computed, finite and consistent with the run's own timings.
 """
 
-import importlib.util
 import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from agents import bench
 from textenv.assets import ASSETS_DIR
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("textenv_bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+from textenv.rewards import GoldReward
+from textenv.tasks import make_task
 
 
 def _assets_dir() -> Path:
@@ -54,8 +44,7 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
-def _check_figures(result: dict, keys) -> None:
-    figures = result["figures"]
+def _check_figures(figures: dict, keys) -> None:
     missing = [k for k in keys if k not in figures]
     assert not missing, f"missing figures: {missing}"
     for k in keys:
@@ -69,36 +58,62 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(bench.BenchConfig(quick=True, json=str(out), assets_dir=str(ASSETS), **TINY))
     result = json.loads(out.read_text())
+    f, d = result["figures"], result["details"]
 
-    _check_figures(result, bench.FIGURE_KEYS)
-    fractions = [result["figures"][f"ppo_{k}_fraction"]
-                 for k in ("rollout_excl_scoring", "scoring", "reference", "old_logprobs",
-                           "update")]
+    _check_figures(f, bench.FIGURE_KEYS)
+    # The PPO phases split the whole iteration.
+    parts = ("rollout_excl_scoring", "scoring", "reference", "old_logprobs", "advantages",
+             "update")
+    fractions = [f[f"ppo_{k}_fraction"] for k in parts]
     assert sum(fractions) == pytest.approx(1.0)
-    assert all(0 < f < 1 for f in fractions)
-    assert result["figures"]["ref_plus_scoring_fraction"] == pytest.approx(
-        fractions[1] + fractions[2])
+    assert all(0 < x < 1 for x in fractions)
+    assert sum(f[f"ppo_{k}_s"] for k in parts) == pytest.approx(f["ppo_iteration_s"])
+    assert f["ppo_rollout_s"] == pytest.approx(f["ppo_rollout_excl_scoring_s"]
+                                               + f["ppo_scoring_s"])
+    assert f["ref_plus_scoring_fraction"] == pytest.approx(fractions[1] + fractions[2])
+    assert f["ppo_iteration_s"] <= d["ppo_iteration_wall_s"]
+    assert 0 < d["ppo_minibatch_updates"] <= d["ppo_minibatch_updates_max"]
+    assert d["ppo_reward_calls_per_rollout"] >= 1  # the timed reward sat in the env
+
+    # Figure 3's ratios, formed from the run's own seconds per token.
+    bare, gen_score = d["bare_generation_s_per_token"], d["generate_then_score_s_per_token"]
+    rollout, rollout_ex = d["rollout_s_per_token"], d["rollout_excl_scoring_s_per_token"]
+    assert f["rollout_vs_bare_generation_ratio"] == pytest.approx(bare / rollout)
+    assert f["rollout_vs_bare_generation_ratio_excl_scoring"] == pytest.approx(bare / rollout_ex)
+    assert f["rollout_vs_generate_then_score_ratio"] == pytest.approx(gen_score / rollout)
     # Bare generation plus a scoring pass takes longer than bare generation alone.
-    assert result["figures"]["generate_then_score_vs_bare_generation_ratio"] < 1
+    assert f["generate_then_score_vs_bare_generation_ratio"] == pytest.approx(bare / gen_score)
+    assert f["generate_then_score_vs_bare_generation_ratio"] < 1
+    assert rollout_ex < rollout
+    assert d["rollout_reward_calls"] >= 1
+    # Same seed, same model, same prompts: the rollout samples the bare loop's tokens.
+    assert d["rollout_same_tokens_as_bare"] is True
+
+    assert f["kv_cache_speedup"] == pytest.approx(f["no_cache_decode_s"]
+                                                  / f["kv_cache_decode_s"])
+    assert d["kv_vs_recompute_max_logit_diff"] < 1e-3  # the two decoding paths agree
+    assert f["vector_vs_single_speedup"] == pytest.approx(f["vector_env_tokens_per_s_n64"]
+                                                          / f["single_env_steps_per_s"])
+    assert 0 < f["generation_flop_utilization"] < 1
+
     machine = result["machine"]
     assert set(bench.MACHINE_KEYS) <= set(machine)
     assert machine["torch_threads"] == 1  # --threads is applied and reported
     assert machine["cores"] == os.cpu_count()
     assert machine["torch_version"] == torch.__version__
-    d = result["details"]
     assert d["reward"] in ("learned", "gold")
     assert d["learned_reward_model_present"] == (d["reward"] == "learned")
-    # Same seed, same model, same prompts: the rollout samples the bare loop's tokens.
-    assert d["rollout_same_tokens_as_bare"] is True
-    assert d["kv_vs_recompute_max_logit_diff"] < 1e-3  # the two decoding paths agree
     assert "quick" in result["skipped"]["ppo_to_target"]
 
     table = capsys.readouterr().out
     assert table.startswith("| # | figure | value |")
-    for label in ("single env steps/s", "vector env tokens/s", "rollout vs bare generation",
-                  "KV-cache speedup", "reference + scoring fraction", "LM-PPO to gold target",
-                  "generation FLOP utilisation", "machine"):
+    for label in ("single env steps/s", "vector env tokens/s", "VectorKLPenalty",
+                  "rollout vs bare generation", "KV-cache speedup",
+                  "reference + scoring fraction", "LM-PPO to gold target",
+                  "generation FLOP utilisation", "machine", "design goal >= 0.9",
+                  "design goal >= 5"):
         assert label in table, label
+    assert "NOT met" not in table and "(met)" not in table  # states goals, no verdicts
 
 
 @needs_assets
@@ -106,10 +121,39 @@ def test_full_run_without_reward_model_skips_ppo_to_target(tmp_path):
     assets = tmp_path / "assets"
     shutil.copytree(ASSETS, assets, ignore=shutil.ignore_patterns("reward.*"))
     result = bench.run(bench.BenchConfig(quick=False, assets_dir=str(assets), **TINY))
-    _check_figures(result, bench.FIGURE_KEYS)
+    _check_figures(result["figures"], bench.FIGURE_KEYS)
     assert result["details"]["reward"] == "gold"
     assert "no learned reward model" in result["skipped"]["ppo_to_target"]
     assert "LM-PPO to gold target" in bench.markdown_table(result)
+
+
+def test_timed_reward_forwards_and_times():
+    task = make_task("reviews")
+    gold = GoldReward(task)
+    timed = bench.TimedReward(gold)
+    assert not hasattr(timed, "score_ids")  # the env must take the text path, as with gold
+    rng = np.random.default_rng(0)
+    prompts = [task.sample_prompt(rng, "train") for _ in range(3)]
+    responses = ["good <eos>", "bad", ""]
+    assert list(timed(prompts, responses)) == list(gold(prompts, responses))
+    assert timed.calls == 1 and timed.seconds > 0
+    assert timed.rescore_in_one_batch() >= 0
+    timed.reset()
+    assert timed.calls == 0 and timed.seconds == 0
+
+    class WithIds:
+        def __call__(self, prompts, responses):
+            return [0.0] * len(prompts)
+
+        def score_ids(self, ids, mask):  # (B, T) -> (B,)
+            return (ids * mask).sum(1).float()
+
+    timed = bench.TimedReward(WithIds())
+    ids, mask = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool)
+    assert timed.score_ids(ids, mask).tolist() == [3.0, 3.0]
+    timed.score_ids(torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool))
+    assert timed.calls == 2
+    assert timed.rescore_in_one_batch() >= 0  # pads the two batches to one width
 
 
 @needs_assets
@@ -121,8 +165,7 @@ def test_ppo_time_to_target_runs_train_in_a_subprocess():
         overrides={"reward": "gold", "num_envs": 4, "max_new_tokens": 6, "eval_prompts": 4,
                    "total_env_steps": 100})
     assert "ppo_to_target_skipped" not in details, details.get("ppo_to_target_skipped")
-    result = {"figures": figures}
-    _check_figures(result, bench.FULL_ONLY_KEYS)
+    _check_figures(figures, bench.FULL_ONLY_KEYS)
     assert figures["ppo_to_target_iterations"] == 1
     assert figures["ppo_to_target_train_s"] <= figures["ppo_to_target_process_s"]
     shutil.rmtree(details["ppo_run_dir"], ignore_errors=True)

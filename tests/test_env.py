@@ -1,4 +1,4 @@
-"""TextGen-v0, the single env: the SPEC §5 contract."""
+"""TextGen-v0, the single env: the env contract (docs/environment.md)."""
 
 import shutil
 import subprocess
@@ -8,25 +8,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from textenv.assets import ASSETS_DIR
 from textenv.env import TextGenEnv
-from textenv.model import GPT
+from textenv.rewards import RewardModel
 
 ASSETS = ASSETS_DIR  # the shipped default assets (committed in textenv/assets/)
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core box: one thread avoids contention and is faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(**kw) -> TextGenEnv:
@@ -53,12 +41,7 @@ FINAL_KEYS = {"prompt", "response", "reward_model_score", "gold_score", "length"
 
 
 # ---- API conformance -----------------------------------------------------------------------
-@pytest.mark.parametrize("kw", [
-    {},
-    {"observation_mode": "dict"},
-    {"kl_coef": 0.1, "action_mask": "top_k", "max_new_tokens": 6},
-    {"kl_coef": 0.1, "action_mask": "top_p", "observation_mode": "dict", "max_new_tokens": 6},
-])
+@pytest.mark.parametrize("kw", [{}, {"observation_mode": "dict", "max_new_tokens": 6}])
 def test_env_checkers(kw):
     from gymnasium.utils.env_checker import check_env as gym_check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -107,8 +90,6 @@ def test_step_before_reset_and_after_end():
     env = make(max_new_tokens=1)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(4)
-    with pytest.raises(RuntimeError, match="reset"):
-        env.action_masks()
     env.reset(seed=0)
     assert env.step(4)[2]
     with pytest.raises(RuntimeError, match="reset"):
@@ -118,20 +99,16 @@ def test_step_before_reset_and_after_end():
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="reviews"):
         make(task="poems")
-    with pytest.raises(ValueError, match="'learned', 'gold'"):
+    with pytest.raises(ValueError, match="'learned', 'gold', 'ensemble'"):
         make(reward="human")
     with pytest.raises(ValueError, match="'box', 'dict'"):
         make(observation_mode="pixels")
-    with pytest.raises(ValueError, match="'top_k', 'top_p'"):
-        make(action_mask="top_q")
     with pytest.raises(ValueError, match="'ansi', 'human', 'rgb_array'"):
         make(render_mode="pixels")
     with pytest.raises(ValueError, match="'train', 'eval'"):
         make(prompt_split="test")
-    with pytest.raises(ValueError, match="kl_coef"):
-        make(kl_coef=-1.0)
-    with pytest.raises(ValueError, match="block_size"):
-        make(kl_coef=0.1, max_new_tokens=500)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        make(max_new_tokens=0)
     with pytest.raises(ValueError, match="reward model's block_size"):
         make(reward="learned", max_new_tokens=500)  # at construction, not mid-episode
 
@@ -145,6 +122,14 @@ def test_bad_prompts_raise():
         env.reset(options={"prompt": "write a review of the zeppelin"})
     with pytest.raises(ValueError, match="valid: 'prompt'"):
         env.reset(options={"prompts": ["x"]})
+    for salad in ("the write a positive review of the pizza about the crust , short :",
+                  "write a positive review of the pizza about the crust crust , short :",
+                  "crust the pizza review positive write a about the , short :"):
+        with pytest.raises(ValueError, match="not a reviews prompt"):
+            env.reset(options={"prompt": salad})
+    for special in ("<eos>", "<bos>", "<pad>"):
+        with pytest.raises(ValueError, match="special tokens"):
+            env.reset(options={"prompt": f"write a positive review of the pizza {special} :"})
 
 
 def test_learned_reward_missing_files(tmp_path):
@@ -161,11 +146,9 @@ def test_reward_callable_shape_checked():
 
 
 # ---- episodes ----------------------------------------------------------------------------
-@pytest.mark.parametrize("kl_coef", [0.0, 0.1])
-def test_same_seed_same_episode(kl_coef):
+def test_same_seed_same_episode():
     actions = np.random.default_rng(0).integers(0, 100, 8)
-    runs = [run_episode(make(max_new_tokens=8, kl_coef=kl_coef), actions, seed=7)
-            for _ in range(2)]
+    runs = [run_episode(make(max_new_tokens=8), actions, seed=7) for _ in range(2)]
     (o1, r1, i1), (o2, r2, i2) = runs
     assert all((a == b).all() for a, b in zip(o1, o2)) and r1 == r2 and i1 == i2
     prompts = {make().reset(seed=s)[1]["prompt"] for s in range(8)}
@@ -214,13 +197,14 @@ def test_reward_callable_gets_text():
     assert rewards[-1] == info["reward_model_score"] == 4.0
 
 
-def test_learned_reward_loads_lazily(tmp_path):
-    """reward="learned" loads assets_dir/reward.* through reward_models (imported lazily)."""
-    rm_module = pytest.importorskip("reward_models.model")
+def test_learned_reward_loads_from_assets_dir(tmp_path):
+    """reward="learned" loads assets_dir/reward.*."""
+    from textenv.assets import load_reference
+
     for name in ("tokenizer.json", "sft.json", "sft.safetensors"):
         shutil.copy(ASSETS / name, tmp_path / name)
     env0 = make()
-    rm = rm_module.RewardModel.from_lm(env0.reference, env0.tokenizer, seed=0)
+    rm = RewardModel.from_lm(load_reference(ASSETS), env0.tokenizer, seed=0)
     rm.gain, rm.bias = 3.0, 0.5
     rm.save(tmp_path, "reward")
     env = TextGenEnv(reward="learned", assets_dir=tmp_path, max_new_tokens=4)
@@ -232,8 +216,6 @@ def test_learned_reward_loads_lazily(tmp_path):
 
 
 def test_learned_reward_is_the_reward_model():
-    from reward_models.model import RewardModel
-
     env = TextGenEnv(assets_dir=ASSETS, max_new_tokens=6)  # reward="learned" is the default
     _, rewards, info = run_episode(env, [4, 5, 6, 7, 8, 9], seed=0)
     rm = RewardModel.load(ASSETS, "reward")
@@ -246,8 +228,6 @@ def test_learned_reward_scores_token_ids_like_the_decoded_text():
     """The envs score finished episodes from token ids (no decode/encode round trip); the
     reward equals the reward model's score of the decoded text, also when a response holds
     pad or bos tokens (which decoding drops) and when it is cut at the length limit."""
-    from reward_models.model import RewardModel
-
     rm = RewardModel.load(ASSETS, "reward")
     tok = make().tokenizer
     words = tok.encode("the crust was crispy and the staff were friendly .")
@@ -259,93 +239,6 @@ def test_learned_reward_scores_token_ids_like_the_decoded_text():
         _, rewards, info = run_episode(env, actions, seed=3)
         expected = float(rm.score([info["prompt"]], [info["response"]])[0])
         assert rewards[-1] == pytest.approx(expected, abs=1e-5), actions
-
-
-# ---- reference policy: KL shaping, masks, KV cache -------------------------------------------
-def test_kl_shaping_matches_full_forward():
-    ref = GPT.load(ASSETS, "sft")  # an independent copy of the reference policy
-    env = make(kl_coef=0.3, max_new_tokens=10)
-    obs, info = env.reset(seed=5)
-    rng = np.random.default_rng(0)
-    rewards, ref_lps, actions, done = [], [], [], False
-    while not done:
-        # Mix likely tokens (top of the reference) with arbitrary ones.
-        a = int(env.unwrapped.core.next_logp[0].argmax()) if rng.random() < 0.5 \
-            else int(rng.integers(4, env.action_space.n))
-        obs, r, done, _, info = env.step(a)
-        rewards.append(r)
-        ref_lps.append(info["ref_logprob"])
-        actions.append(a)
-    prompt_ids = [env.tokenizer.bos_id] + env.tokenizer.encode(info["prompt"])
-    with torch.no_grad():
-        lp = ref.token_logprobs(torch.tensor([prompt_ids + actions]))[0]  # (T-1,)
-    expected = 0.3 * lp[len(prompt_ids) - 1:].numpy()  # log pi_ref(a_t | s_t) per step
-    shaping = np.array(rewards)
-    shaping[-1] -= info["reward_model_score"]
-    np.testing.assert_allclose(shaping, expected, atol=1e-5)
-    np.testing.assert_allclose(0.3 * np.array(ref_lps), expected, atol=1e-5)
-
-
-def test_reference_not_run_when_not_needed():
-    ref = GPT.load(ASSETS, "sft")
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the reference policy must not run")
-
-    ref.forward = boom
-    env = make(reference=ref, max_new_tokens=5)
-    _, _, info = run_episode(env, [4, 5, 6, 7, 8], seed=0)
-    assert "ref_logprob" not in info
-    assert env.action_masks().all()
-
-
-def test_reference_uses_kv_cache_incrementally():
-    ref = GPT.load(ASSETS, "sft")
-    calls = []
-    forward = ref.forward
-
-    def recording_forward(input_ids, attention_mask=None, position_ids=None, kv_cache=None):
-        calls.append((tuple(input_ids.shape), kv_cache))
-        return forward(input_ids, attention_mask, position_ids, kv_cache)
-
-    ref.forward = recording_forward
-    env = make(reference=ref, kl_coef=0.1, max_new_tokens=6)
-    obs, info = env.reset(seed=0)
-    n_prompt = 1 + len(info["prompt"].split())
-    run_episode(env, [4, 5, 6, 7, 8, 9], seed=0)
-    cache = env.unwrapped.core._cache
-    # Reset: one prefill of the prompt; then one 1-token forward per step except the last.
-    assert [c[0] for c in calls[1:]] == [(1, n_prompt)] + [(1, 1)] * 5
-    assert all(c[1] is cache for c in calls)
-
-
-def test_action_masks():
-    env = make(action_mask="top_k", action_mask_k=7)
-    env.reset(seed=0)
-    for a in (4, 5):
-        m = env.action_masks()
-        assert m.shape == (env.action_space.n,) and m.dtype == bool and m.sum() == 7
-        logp = env.unwrapped.core.next_logp[0].numpy()
-        assert logp[m].min() >= logp[~m].max()  # the 7 most likely tokens
-        env.step(a)
-
-    env = make(action_mask="top_p", action_mask_p=0.9)
-    env.reset(seed=0)
-    m = env.action_masks()
-    p = np.exp(env.unwrapped.core.next_logp[0].numpy())
-    assert p[m].sum() >= 0.9 - 1e-6 and p[m].sum() - p[m].min() < 0.9  # smallest nucleus
-    env = make()  # masks off: everything allowed
-    env.reset(seed=0)
-    assert env.action_masks().all()
-
-
-def test_maskable_ppo_runs():
-    from sb3_contrib import MaskablePPO
-
-    env = make(action_mask="top_k", action_mask_k=5, max_new_tokens=4)
-    model = MaskablePPO("MlpPolicy", env, n_steps=8, batch_size=8, n_epochs=1, seed=0,
-                        device="cpu")
-    model.learn(8)
 
 
 # ---- render ---------------------------------------------------------------------------------
@@ -361,46 +254,6 @@ def test_render(capsys):
     env.step(env.tokenizer.eos_id)
     out = capsys.readouterr().out
     assert info["prompt"] in out and "<eos>" in out
-
-
-# ---- property test --------------------------------------------------------------------------
-_ENVS = {}
-
-
-def _cached_env(kl_coef, action_mask, observation_mode):
-    key = (kl_coef, action_mask, observation_mode)
-    if key not in _ENVS:
-        _ENVS[key] = make(kl_coef=kl_coef, action_mask=action_mask,
-                          observation_mode=observation_mode, max_new_tokens=8)
-    return _ENVS[key]
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1),
-       actions=st.lists(st.one_of(st.just(2), st.integers(0, 10**3)), min_size=1, max_size=30),
-       kl_coef=st.sampled_from([0.0, 0.05]),
-       action_mask=st.sampled_from([None, "top_k"]),
-       observation_mode=st.sampled_from(["box", "dict"]))
-def test_random_episodes_property(seed, actions, kl_coef, action_mask, observation_mode):
-    env = _cached_env(kl_coef, action_mask, observation_mode)
-    V = env.action_space.n
-    obs, _ = env.reset(seed=seed)
-    steps = 0
-    for a in actions:
-        a = a % V  # any in-space action, including specials
-        obs, r, term, trunc, info = env.step(a)
-        steps += 1
-        assert env.observation_space.contains(obs)
-        assert np.isfinite(r) and not trunc
-        assert ("ref_logprob" in info) == (kl_coef > 0 or action_mask is not None)
-        if term:
-            assert FINAL_KEYS <= set(info) and steps == info["length"] <= 8
-            assert info["eos"] == (a == env.tokenizer.eos_id)
-            assert info["response"].endswith("<eos>") == info["eos"]
-            assert np.isfinite(info["gold_score"]) and np.isfinite(info["reward_model_score"])
-            obs, _ = env.reset()
-            steps = 0
-        assert steps < 8
 
 
 # ---- registration -----------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from reward_models import train as train_mod
 from reward_models.data import PairwiseRecord, RankedRecord
-from reward_models.ensemble import RewardEnsemble, train_ensemble
+from reward_models.ensemble import train_ensemble
 from reward_models.evaluate import gold_accuracy, label_accuracy, rankdata, spearman
-from reward_models.model import RewardModel
 from reward_models.train import RMTrainConfig, calibrate, split_records, train_reward_model
 from textenv.assets import ASSETS_DIR
 from textenv.model import GPT, GPTConfig
+from textenv.rewards import RewardEnsemble, RewardModel
 from textenv.tokenizer import WordTokenizer
 
 

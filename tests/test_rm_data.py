@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import tracemalloc
 from itertools import combinations, pairwise
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reward_models import data
 from reward_models.data import (
     PairwiseRecord,
     PreferenceDataError,
@@ -341,6 +344,159 @@ def test_error_carries_file_line_and_reason():
     err = PreferenceDataError("f.jsonl", 3, "bad")
     assert str(err) == "f.jsonl:3: bad"
     assert (err.path, err.line, err.reason) == ("f.jsonl", 3, "bad")
+
+
+# ------------------------------------------- every error names file:line (hardening)
+
+
+def _expect_error_at(path, line, fragment, reader=read_preferences):
+    """Loading `path` stops with a PreferenceDataError at `line` mentioning `fragment`."""
+    with pytest.raises(PreferenceDataError) as info:
+        reader(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert fragment in message, message
+    assert (info.value.path, info.value.line) == (str(path), line)
+    return info.value
+
+
+def test_records_remember_their_file_and_line(tmp_path):
+    # Errors found after loading (an unknown word when a record is encoded) must name
+    # file:line, not "record N": with blank lines, or after a train/val split, the
+    # index of a record in a list is not its line in the file.
+    path = tmp_path / "src.jsonl"
+    path.write_bytes(b"\n" + _line(PAIR_A) + b"\n  \n" + _line(RANKED_A) + _line(PAIR_B))
+    records = read_preferences(path)
+    assert [r.source for r in records] == [f"{path}:2", f"{path}:5", f"{path}:6"]
+    # The location is bookkeeping, not data: equality, hashing and the file format
+    # ignore it, so a round trip still compares equal.
+    assert records == [PAIR_A, RANKED_A, PAIR_B]
+    assert hash(records[0]) == hash(PAIR_A)
+    assert records[1].to_json() == RANKED_A.to_json()
+    # Pairs implied by a ranking come from the same line.
+    assert {p.source for p in records[1].to_pairs()} == {f"{path}:5"}
+    # Records made in code have no file.
+    assert PAIR_A.source is None and RANKED_A.to_pairs()[0].source is None
+
+
+class _VocabularyRM:
+    """Stands in for a RewardModel: `encode` refuses words outside a small vocabulary."""
+
+    vocabulary = frozenset({"hi", "4", "5", "red", "blue", "seven"})
+
+    def encode(self, prompts, responses):
+        for text in responses:
+            for word in text.split():
+                if word not in self.vocabulary:
+                    raise ValueError(f"unknown word {word!r}")
+        return [[0] for _ in responses]
+
+
+def test_unknown_word_error_names_file_and_line(tmp_path):
+    from reward_models.train import encode_records
+
+    path = tmp_path / "vocab.jsonl"
+    bad = PairwiseRecord("Say hi", "hi", "zebra")
+    path.write_bytes(_line(PAIR_B) + b"\n\n" + _line(bad))
+    records = read_pairwise(path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:4 .*unknown word 'zebra'"):
+        encode_records(_VocabularyRM(), records)
+    # The same after a split that drops the first record: the bad one is now index 0.
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:4 "):
+        encode_records(_VocabularyRM(), records[1:])
+
+
+def test_deeply_nested_json_is_a_located_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    depth = 100_000
+    path.write_bytes(_line(PAIR_A) + b"[" * depth + b"]" * depth + b"\n")
+    _expect_error_at(path, 2, "nested too deeply")
+    # Also inside an object, where a string field was expected.
+    path.write_bytes(
+        b'{"prompt": ' + b"[" * depth + b"]" * depth + b', "chosen": "a", "rejected": "b"}\n'
+    )
+    _expect_error_at(path, 1, "nested too deeply")
+
+
+def test_duplicate_key_is_refused(tmp_path):
+    # json.loads would silently keep the last value: the labeler's data would be
+    # half-lost without anybody noticing.
+    path = tmp_path / "dup.jsonl"
+    path.write_bytes(
+        _line(PAIR_A) + b'{"prompt": "a", "prompt": "b", "chosen": "c", "rejected": "d"}\n'
+    )
+    _expect_error_at(path, 2, "duplicate key 'prompt'")
+    _expect_error_at(path, 2, "duplicate key 'prompt'", read_pairwise)
+    # Also in a nested object (it would be refused later anyway, but say the real reason).
+    path.write_bytes(b'{"prompt": {"x": 1, "x": 2}, "chosen": "c", "rejected": "d"}\n')
+    _expect_error_at(path, 1, "duplicate key 'x'")
+
+
+def test_huge_integer_is_a_located_error(tmp_path):
+    # Python refuses to convert ints of more than 4300 digits with a plain ValueError
+    # (not a JSONDecodeError); it is still a malformed line.
+    path = tmp_path / "bigint.jsonl"
+    path.write_bytes(
+        _line(RANKED_A) + b'{"prompt": "p", "responses": ["a", "b"], "ranking": [0, '
+        + b"1" * 5000 + b"]}\n"
+    )
+    _expect_error_at(path, 2, "invalid JSON")
+
+
+def test_lone_surrogate_escape_is_refused(tmp_path):
+    # "\ud800" is valid JSON and valid UTF-8 on disk, but the string it makes is not
+    # valid Unicode: it could not even be written back as UTF-8.
+    path = tmp_path / "surrogate.jsonl"
+    path.write_bytes(_line(PAIR_A) + b'{"prompt": "p", "chosen": "a\\ud800", "rejected": "b"}\n')
+    _expect_error_at(path, 2, "'chosen' is not valid Unicode")
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        RankedRecord("p", ("a", "\udfff"), (0, 1))
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(_line(PAIR_A) + b"\n" + '{"prompt": "café"}\n'.encode("latin-1"))
+    _expect_error_at(path, 3, "not valid UTF-8")
+    # A stray byte on an otherwise blank line is not blank.
+    path.write_bytes(_line(PAIR_A) + b"  \xff \n")
+    _expect_error_at(path, 2, "not valid UTF-8")
+
+
+def _pair_line_of_length(n: int) -> bytes:
+    """A valid pairwise line of exactly `n` bytes, not counting its newline."""
+    line = _line(PairwiseRecord("", "a", "b"))[:-1]
+    padded = line.replace(b'"prompt": ""', b'"prompt": "' + b"x" * (n - len(line)) + b'"')
+    assert len(padded) == n
+    return padded + b"\n"
+
+
+def test_line_length_limit_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_LINE_BYTES", 200)
+    path = tmp_path / "limit.jsonl"
+    path.write_bytes(_line(PAIR_A) + _pair_line_of_length(200))  # at the limit: fine
+    assert len(read_pairwise(path)) == 2
+    path.write_bytes(_pair_line_of_length(200)[:-1])  # no final newline: fine too
+    assert len(read_pairwise(path)) == 1
+    path.write_bytes(_line(PAIR_A) + _pair_line_of_length(201) + _line(PAIR_B))
+    _expect_error_at(path, 2, "longer than the limit of 200 bytes")
+    path.write_bytes(_pair_line_of_length(201)[:-1])
+    _expect_error_at(path, 1, "longer than the limit of 200 bytes")
+
+
+def test_huge_line_is_refused_before_parsing_in_bounded_memory(tmp_path):
+    assert data.MAX_LINE_BYTES == 1_000_000  # documented in the module docstring
+    path = tmp_path / "huge.jsonl"
+    size = 8 * data.MAX_LINE_BYTES
+    # The huge line is also invalid JSON: being told it is too long (not that it is
+    # invalid JSON) shows it was refused before being parsed.
+    path.write_bytes(_line(PAIR_A) + b'{"prompt": "' + b"x" * size + b"\n" + _line(PAIR_B))
+    tracemalloc.start()
+    try:
+        _expect_error_at(path, 2, f"longer than the limit of {data.MAX_LINE_BYTES:,} bytes")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * data.MAX_LINE_BYTES, peak  # never holds the 8 MB line
 
 
 # ---------------------------------------------------------------------- writing

@@ -4,30 +4,15 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
+from conftest import text_reward
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from textenv.assets import ASSETS_DIR
 from textenv.env import TextGenEnv
-from textenv.model import GPT
 from textenv.vector_env import TextGenVectorEnv
 
 ASSETS = ASSETS_DIR  # the shipped default assets (committed in textenv/assets/)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core box: one thread avoids contention and is faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def text_reward(prompts, responses):
-    """A cheap reward that depends on the text (so mixing up envs would show)."""
-    return [len(r.split()) + 0.01 * len(p) for p, r in zip(prompts, responses)]
 
 
 def make_vec(n, **kw) -> TextGenVectorEnv:
@@ -53,38 +38,31 @@ def assert_infos_equal(a: dict, b: dict):
             np.testing.assert_allclose(x, y, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"kl_coef": 0.2, "action_mask": "top_k", "action_mask_k": 10},
-    {"kl_coef": 0.2, "observation_mode": "dict"},
-])
-def test_equals_single_envs_across_autoresets(kw):
-    """Same seeds + same actions: same observations, rewards, terminations and infos as
-    gymnasium's SyncVectorEnv over N TextGenEnvs (NEXT_STEP autoreset, seeds s + i)."""
-    n, kw = 3, dict(kw, reward=text_reward, assets_dir=ASSETS, max_new_tokens=5)
-    vec = TextGenVectorEnv(n, **kw)
-    ref = SyncVectorEnv([lambda: TextGenEnv(**kw) for _ in range(n)])
+def sync_reference(n, **kw):
+    """gymnasium's SyncVectorEnv over N single envs: what the native vector env must equal."""
+    return SyncVectorEnv([lambda: TextGenEnv(**kw) for _ in range(n)])
+
+
+def check_obs(o1, o2):
+    if isinstance(o1, dict):
+        for k in o1:
+            np.testing.assert_array_equal(o1[k], o2[k])
+    else:
+        np.testing.assert_array_equal(o1, o2)
+
+
+def assert_same_trajectories(vec, ref, steps=40, before_step=None, seed=11):
+    """Same seeds + same actions: same observations, rewards, terminations and infos."""
     assert ref.metadata["autoreset_mode"] == vec.metadata["autoreset_mode"]
-
-    def check_obs(o1, o2):
-        if isinstance(o1, dict):
-            for k in o1:
-                np.testing.assert_array_equal(o1[k], o2[k])
-        else:
-            np.testing.assert_array_equal(o1, o2)
-
-    (o1, i1), (o2, i2) = vec.reset(seed=11), ref.reset(seed=11)
+    (o1, i1), (o2, i2) = vec.reset(seed=seed), ref.reset(seed=seed)
     check_obs(o1, o2)
     assert_infos_equal(i1, i2)
     rng = np.random.default_rng(0)
-    V, eos = vec.single_action_space.n, vec.tokenizer.eos_id
+    n, V, eos = vec.num_envs, vec.single_action_space.n, vec.unwrapped.tokenizer.eos_id
     resets, ended = 0, np.zeros(n, dtype=bool)
-    # 40 steps of episodes <= 5 tokens: many partial resets (the reference prefills only the
-    # new prompts) and several full re-prefills when its cache fills up.
-    for _ in range(40):
-        if "action_mask" in kw:  # envs about to autoreset allow everything
-            singles = [np.ones(V, bool) if d else e.action_masks() for e, d in zip(ref.envs, ended)]
-            np.testing.assert_array_equal(vec.action_masks(), np.stack(singles))
+    for _ in range(steps):
+        if before_step is not None:
+            before_step(ended)
         actions = random_actions(rng, n, V, eos)
         o1, r1, t1, tr1, i1 = vec.step(actions)
         o2, r2, t2, tr2, i2 = ref.step(actions)
@@ -95,6 +73,15 @@ def test_equals_single_envs_across_autoresets(kw):
         assert_infos_equal(i1, i2)
         resets, ended = resets + int(t1.sum()), t1
         assert r1.dtype == np.float64 and t1.dtype == bool
+    return resets
+
+
+@pytest.mark.parametrize("kw", [{}, {"observation_mode": "dict"}])
+def test_equals_single_envs_across_autoresets(kw):
+    """The native vector env equals SyncVectorEnv over N TextGenEnvs (NEXT_STEP autoreset,
+    seeds s + i). The same with the reference wrappers on: tests/test_wrappers.py."""
+    n, kw = 3, dict(kw, reward=text_reward, assets_dir=ASSETS, max_new_tokens=5)
+    resets = assert_same_trajectories(TextGenVectorEnv(n, **kw), sync_reference(n, **kw))
     assert resets >= 12  # the run did cross many autoresets
 
 
@@ -131,45 +118,6 @@ def test_finished_envs_scored_in_one_batch():
     envs.step(np.array([eos, 4, eos, eos]))
     envs.step(np.array([4, eos, 4, 4]))  # 0, 2, 3 reset; 1 finishes
     assert calls == [3, 1]
-
-
-def test_reference_one_batched_forward_per_step():
-    ref = GPT.load(ASSETS, "sft")
-    shapes = []
-    forward = ref.forward
-
-    def recording_forward(input_ids, attention_mask=None, position_ids=None, kv_cache=None):
-        shapes.append(tuple(input_ids.shape))
-        return forward(input_ids, attention_mask, position_ids, kv_cache)
-
-    ref.forward = recording_forward
-    envs = make_vec(3, reference=ref, kl_coef=0.1, max_new_tokens=6)
-    envs.reset(seed=0)
-    assert len(shapes) == 1 and shapes[0][0] == 3  # one prefill of the whole batch
-    shapes.clear()
-    for _ in range(3):
-        envs.step(np.array([4, 5, 6]))
-    assert shapes == [(3, 1)] * 3  # one 1-token forward per step for all envs
-    envs.step(np.array([envs.tokenizer.eos_id, 5, 6]))
-    shapes.clear()
-    envs.step(np.array([4, 5, 6]))  # env 0 autoresets: only its new prompt is prefilled
-    assert len(shapes) == 2 and shapes[0] == (3, 1)
-    assert shapes[1][0] == 1 and shapes[1][1] == envs.prompt_lengths[0]
-
-
-def test_reference_not_run_when_not_needed():
-    ref = GPT.load(ASSETS, "sft")
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the reference policy must not run")
-
-    ref.forward = boom
-    envs = make_vec(2, reference=ref, max_new_tokens=3)
-    envs.reset(seed=0)
-    for _ in range(5):
-        _, _, _, _, info = envs.step(np.array([4, envs.tokenizer.eos_id]))
-        assert "ref_logprob" not in info
-    assert envs.action_masks().all()
 
 
 def test_reset_options_and_seeds():
@@ -211,11 +159,31 @@ def test_errors():
         make_vec(2, task="poems")
 
 
-def test_action_masks_and_render():
-    envs = make_vec(3, action_mask="top_k", action_mask_k=6, render_mode="ansi")
+def test_a_step_that_raises_needs_a_reset():
+    """A reward function that fails leaves episodes in an unknown state: the next step is
+    refused until reset, instead of carrying episodes past their <eos>."""
+    calls = []
+
+    def flaky(prompts, responses):
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            raise RuntimeError("reward server down")
+        return np.zeros(len(prompts))
+
+    envs = make_vec(2, reward=flaky, max_new_tokens=4)
+    envs.reset(seed=0)
+    with pytest.raises(RuntimeError, match="reward server down"):
+        envs.step(np.array([envs.tokenizer.eos_id, 4]))
+    with pytest.raises(RuntimeError, match="reset"):
+        envs.step(np.array([4, 4]))
+    obs, _ = envs.reset(seed=0)
+    _, r, term, _, _ = envs.step(np.array([envs.tokenizer.eos_id, 4]))
+    assert term.tolist() == [True, False]
+
+
+def test_render():
+    envs = make_vec(3, render_mode="ansi")
     _, info = envs.reset(seed=0)
-    m = envs.action_masks()
-    assert m.shape == (3, envs.single_action_space.n) and (m.sum(1) == 6).all()
     assert envs.render() == tuple(info["prompt"])
     assert envs.action_space.contains(envs.action_space.sample())
 
