@@ -504,7 +504,7 @@ def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int) -> tupl
                          "scoring": in_env, "one_batch": one_batch,
                          "calls": timed_score.calls, "tokens": m["charts/env_steps_iter"],
                          "updates": updates[0]})
-    algo.envs.close()
+    algo.setup.envs.close()
     med = {k: median([r[k] for r in rows]) for k in rows[0]}
     total = med["total"]  # every timed phase, so the fractions below add up to 1
     rollout_ex = med["rollout"] - med["scoring"]

@@ -86,22 +86,21 @@ class GRPO:
             raise ValueError(f"group_size={cfg.group_size} must be >= 2 and divide "
                              f"num_envs={cfg.num_envs}")
         self.cfg = cfg
-        self.s = s = setup(cfg)
-        self.policy, self.reference = trainable_copy(s.reference), s.reference
+        self.setup = s = setup(cfg)
+        self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
-        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
-        cfg, s = self.cfg, self.s
+        cfg, s = self.cfg, self.setup
         with timer("rollout"):  # a group of responses to each prompt, side by side
             prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.group_size)
             ro = collect_rollout(s.envs, self.policy, prompts, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, generator=s.generator,
-                                 pad_id=self.pad_id)
+                                 pad_id=s.tokenizer.pad_id)
         mask = ro.response_mask.float()  # (N, T)
         with timer("reference"):
-            logp_ref = response_logprobs(self.reference, ro, cfg.temperature)  # (N, T)
+            logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
         with timer("old_logprobs"):
             old_logp = response_logprobs(self.policy, ro, cfg.temperature)  # (N, T)
         adv = group_advantages(ro.scores, cfg.group_size)[:, None].expand_as(mask)  # (N, T)
@@ -112,10 +111,10 @@ class GRPO:
         return {**rollout_metrics(ro, seq_kl), **stats}
 
     def state_dict(self) -> dict:
-        return {"prompt_rng": self.s.prompt_rng.bit_generator.state}
+        return {}  # no state of its own beyond the weights, optimizer and RNGs
 
     def load_state_dict(self, state: dict) -> None:
-        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
+        pass
 
 
 def train(cfg: GRPOConfig) -> dict:

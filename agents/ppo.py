@@ -223,21 +223,20 @@ class PPO:
 
     def __init__(self, cfg: PPOConfig):
         self.cfg = cfg
-        self.s = s = setup(cfg)
+        self.setup = s = setup(cfg)
         self.agent = ActorCritic(s.reference, cfg.separate_critic)
-        self.policy, self.reference = self.agent.lm, s.reference
+        self.policy = self.agent.lm
         self.modules = {"agent": self.agent}
         self.optimizer = adam(self.agent.parameters(), cfg.learning_rate)
         self.kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
                        if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
-        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
         self.ptx_docs = None
         if cfg.ptx_coef > 0:
             corpus = s.task.corpus(5000, np.random.default_rng(cfg.seed + 7))
             self.ptx_docs = [[s.tokenizer.bos_id] + s.tokenizer.encode(d) for d in corpus]
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
-        cfg, s, agent = self.cfg, self.s, self.agent
+        cfg, s, agent = self.cfg, self.setup, self.agent
         if cfg.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = (1.0 - progress) * cfg.learning_rate
 
@@ -245,7 +244,7 @@ class PPO:
         with timer("rollout"):
             ro = collect_rollout(s.envs, agent.lm, s.sample_prompts(cfg.num_envs),
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 generator=s.generator, pad_id=self.pad_id)
+                                 generator=s.generator, pad_id=s.tokenizer.pad_id)
         mask = ro.response_mask.float()  # (N, T)
         scores = ro.scores - cfg.missing_eos_penalty * (~ro.eos).float()  # (N,)
 
@@ -265,7 +264,7 @@ class PPO:
         with timer("update"):
             stats = ppo_update(agent, self.optimizer, ro, mask, old_logp, old_values,
                                advantages, returns, cfg, s.generator, iteration,
-                               self.ptx_docs, self.pad_id)
+                               self.ptx_docs, s.tokenizer.pad_id)
 
         # 6. metrics (CleanRL/TRL names), then adapt beta to the measured KL.
         metrics = rollout_metrics(ro, (kl_k1(old_logp, logp_ref) * mask).sum(1))
@@ -286,12 +285,10 @@ class PPO:
         return metrics
 
     def state_dict(self) -> dict:
-        return {"kl_ctl": self.kl_ctl.state_dict(),
-                "prompt_rng": self.s.prompt_rng.bit_generator.state}
+        return {"kl_ctl": self.kl_ctl.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
 
 
 def train(cfg: PPOConfig) -> dict:

@@ -67,21 +67,20 @@ def policy_gradient_step(policy, optimizer, logp, advantages, mask, max_grad_nor
 class Reinforce:
     def __init__(self, cfg: ReinforceConfig):
         self.cfg = cfg
-        self.s = s = setup(cfg)
-        self.policy, self.reference = trainable_copy(s.reference), s.reference
+        self.setup = s = setup(cfg)
+        self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
-        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
         self.baseline: float | None = None  # moving average of past returns
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
-        cfg, s = self.cfg, self.s
+        cfg, s = self.cfg, self.setup
         with timer("rollout"):
             ro = collect_rollout(s.envs, self.policy, s.sample_prompts(cfg.num_envs),
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 generator=s.generator, pad_id=self.pad_id)
+                                 generator=s.generator, pad_id=s.tokenizer.pad_id)
         with timer("update"):
-            returns, logp, seq_kl = sequence_returns(self.policy, self.reference, ro,
+            returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
                                                      cfg.kl_coef, cfg.temperature)
             batch_mean = returns.mean().item()
             if self.baseline is None:
@@ -95,11 +94,10 @@ class Reinforce:
                 "objective/rlhf_reward": batch_mean, "objective/baseline": self.baseline}
 
     def state_dict(self) -> dict:
-        return {"baseline": self.baseline, "prompt_rng": self.s.prompt_rng.bit_generator.state}
+        return {"baseline": self.baseline}
 
     def load_state_dict(self, state: dict) -> None:
         self.baseline = state["baseline"]
-        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
 
 
 def train(cfg: ReinforceConfig) -> dict:

@@ -45,21 +45,20 @@ class RLOO:
             raise ValueError(f"rloo_k={cfg.rloo_k} must be >= 2 and divide "
                              f"num_envs={cfg.num_envs}")
         self.cfg = cfg
-        self.s = s = setup(cfg)
-        self.policy, self.reference = trainable_copy(s.reference), s.reference
+        self.setup = s = setup(cfg)
+        self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
-        self.envs, self.pad_id, self.generator = s.envs, s.tokenizer.pad_id, s.generator
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
-        cfg, s = self.cfg, self.s
+        cfg, s = self.cfg, self.setup
         with timer("rollout"):  # k responses to each prompt, side by side
             prompts = s.sample_prompts(cfg.num_envs, group_size=cfg.rloo_k)
             ro = collect_rollout(s.envs, self.policy, prompts, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, generator=s.generator,
-                                 pad_id=self.pad_id)
+                                 pad_id=s.tokenizer.pad_id)
         with timer("update"):
-            returns, logp, seq_kl = sequence_returns(self.policy, self.reference, ro,
+            returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
                                                      cfg.kl_coef, cfg.temperature)
             advantages = leave_one_out_advantages(returns, cfg.rloo_k)
             loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
@@ -68,10 +67,10 @@ class RLOO:
                 "objective/rlhf_reward": returns.mean().item()}
 
     def state_dict(self) -> dict:
-        return {"prompt_rng": self.s.prompt_rng.bit_generator.state}
+        return {}  # no state of its own beyond the weights, optimizer and RNGs
 
     def load_state_dict(self, state: dict) -> None:
-        self.s.prompt_rng.bit_generator.state = state["prompt_rng"]
+        pass
 
 
 def train(cfg: RLOOConfig) -> dict:

@@ -21,8 +21,9 @@ starting policy: SFT and each SB3 algorithm, evaluated on the same held-out prom
 
 from __future__ import annotations
 
+import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -35,8 +36,17 @@ import textenv  # noqa: F401  (registers TextGen-v0)
 from agents.training import RunConfig, eval_prompts, evaluate, setup
 from textenv.assets import ASSETS_DIR, load_policy
 from textenv.model import GPT, GPTConfig
-from textenv.runlog import RunLogger
-from textenv.storage import atomic_write, write_json
+from textenv.runlog import Progress, RunLogger
+from textenv.storage import (
+    Checkpoints,
+    RunDirLock,
+    atomic_write,
+    check_tensors,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from textenv.wrappers import KLPenalty, ReferenceActionMask
 
 
@@ -144,37 +154,93 @@ def reference_wrappers(env: gym.Env, kl_coef: float, action_mask: bool) -> gym.E
     return ReferenceActionMask(env, mode="top_k") if action_mask else env
 
 
-class _EpisodeLog(BaseCallback):
-    """Collects gold and learned scores of finished episodes into per-rollout rows."""
+class _RunCallback(BaseCallback):
+    """What `agents.training.run` does for textenv's own agents, for an SB3 model: per-rollout
+    metrics.csv rows (gold and learned scores of finished episodes), checkpoint sets every
+    `checkpoint_every` rollouts, progress that reads well in logs, and Ctrl-C (stop after the
+    current step, then the runner saves)."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, cfg: SB3Config, checkpoints: Checkpoints, rollouts_done: int):
         super().__init__()
-        # metrics.csv like every textenv agent (compare.py reads it); SB3 itself writes
+        self.cfg, self.checkpoints = cfg, checkpoints
+        # metrics.csv like every textenv agent (compare reads it); SB3 itself writes
         # progress.csv and TensorBoard.
-        self.metrics = RunLogger(run_dir, tensorboard=False)
+        self.metrics = RunLogger(cfg.run_dir, tensorboard=False, resume=cfg.resume)
+        self.metrics.truncate(rollouts_done)
+        self.rollouts = rollouts_done
+        self.interrupted = False
         self._gold: list[float] = []
         self._score: list[float] = []
+        self._bar: Progress | None = None
+
+    def _on_training_start(self) -> None:
+        self._bar = Progress(self.cfg.total_env_steps, desc=f"sb3-{self.cfg.algo}", unit="tok",
+                             initial=self.model.num_timesteps, enabled=self.cfg.progress)
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"]):
             if done and "gold_score" in info:
                 self._gold.append(info["gold_score"])
                 self._score.append(info["reward_model_score"])
-        return True
+        self._bar.update(self.training_env.num_envs)
+        return not self.interrupted  # False stops model.learn after this step
 
     def _on_rollout_end(self) -> None:
+        self.rollouts += 1
         if self._gold:
-            row = {"charts/env_steps": self.num_timesteps,
-                   "env/gold_mean": float(np.mean(self._gold)),
-                   "env/reward_mean": float(np.mean(self._score))}
-            self.metrics.log(len(self.metrics.rows) + 1, row)
-            self.logger.record("env/gold_mean", float(np.mean(self._gold)))
-            self.logger.record("env/reward_mean", float(np.mean(self._score)))
+            gold, score = float(np.mean(self._gold)), float(np.mean(self._score))
+            row = {"charts/env_steps": self.num_timesteps, "env/gold_mean": gold,
+                   "env/reward_mean": score}
+            self.metrics.log(self.rollouts, row)
+            self.logger.record("env/gold_mean", gold)
+            self.logger.record("env/reward_mean", score)
+            self._bar.update(0, gold=gold, reward=score)
         self._gold, self._score = [], []
+        if self.rollouts % self.cfg.checkpoint_every == 0:
+            save_sb3_checkpoint(self.checkpoints, self.model, self.rollouts)
+
+    def _on_training_end(self) -> None:
+        self._bar.close()
+        self.metrics.close()
+
+
+def save_sb3_checkpoint(checkpoints: Checkpoints, model, rollouts: int) -> None:
+    """A checkpoint set of an SB3 model in textenv's format (no pickle): the policy's
+    weights as safetensors, the optimizer state (read back with weights_only=True), and
+    the step counts as JSON."""
+    def write(d: Path) -> None:
+        save_tensors(d / "model.safetensors", model.policy.state_dict())
+        torch.save(model.policy.optimizer.state_dict(), d / "optimizer.pt")
+        write_json(d / "state.json", {"rollouts": rollouts, "num_timesteps": model.num_timesteps})
+
+    checkpoints.save(rollouts, write)
+
+
+def load_sb3_checkpoint(directory: Path, model) -> dict:
+    """Restore what `save_sb3_checkpoint` wrote into `model`; errors name the file."""
+    state = read_json(directory / "state.json", "checkpoint state")
+    w_path = directory / "model.safetensors"
+    tensors = load_tensors(w_path)
+    check_tensors(tensors, model.policy.state_dict(), w_path, "the SB3 policy")
+    model.policy.load_state_dict(tensors)
+    opt_path = directory / "optimizer.pt"
+    try:
+        model.policy.optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
+    except Exception as e:  # torch raises several types on truncated or foreign files
+        raise ValueError(f"could not read optimizer state {opt_path}: {e}") from e
+    model.num_timesteps = int(state["num_timesteps"])
+    return state
 
 
 def train(cfg: SB3Config) -> dict:
-    """Train an SB3 agent on TextGen-v0 and evaluate it like every other textenv agent."""
+    """Train an SB3 agent on TextGen-v0 and evaluate it like every other textenv agent, with
+    the same run directory guarantees: a lock, checkpoint sets, `--resume`, Ctrl-C."""
+    run_dir = Path(cfg.run_dir)
+    with RunDirLock(run_dir):
+        return _train_locked(cfg, run_dir)
+
+
+def _train_locked(cfg: SB3Config, run_dir: Path) -> dict:
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import configure
@@ -202,12 +268,32 @@ def train(cfg: SB3Config) -> dict:
         raise ValueError(f"unknown SB3 algo {cfg.algo!r}; valid: 'ppo', 'a2c', 'maskable_ppo'")
     if cfg.pretrained:
         init_action_head_from_lm(model)
-    run_dir = Path(cfg.run_dir)
+    checkpoints, rollouts = Checkpoints(run_dir), 0
+    if cfg.resume:
+        latest = checkpoints.latest()
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoints.root}")
+        rollouts = load_sb3_checkpoint(latest, model)["rollouts"]
+        print(f"resuming from {latest} (rollout {rollouts}, {model.num_timesteps} env steps)")
+    write_json(run_dir / "config.json", asdict(cfg))
     formats = ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]
     model.set_logger(configure(str(run_dir), formats))
-    log = _EpisodeLog(run_dir)
+    callback = _RunCallback(cfg, checkpoints, rollouts)
+
+    def on_sigint(signum, frame):
+        callback.interrupted = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
     t0 = time.perf_counter()
-    model.learn(cfg.total_env_steps, callback=log, progress_bar=cfg.progress)
+    try:
+        remaining = max(0, cfg.total_env_steps - model.num_timesteps)
+        model.learn(remaining, callback=callback, reset_num_timesteps=not cfg.resume)
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+    save_sb3_checkpoint(checkpoints, model, callback.rollouts)  # the end, or Ctrl-C
+    if callback.interrupted:
+        print(f"\ninterrupted: checkpoint saved at rollout {callback.rollouts} in "
+              f"{checkpoints.root}")
     wall = time.perf_counter() - t0
     final = evaluate(policy_as_gpt(model), s.reference, s.envs, eval_prompts(cfg),
                      max_new_tokens=cfg.max_new_tokens, temperature=1.0,
@@ -215,9 +301,8 @@ def train(cfg: SB3Config) -> dict:
     samples = final.pop("samples")
     final.update({"charts/env_steps": model.num_timesteps, "charts/wall_clock": wall})
     write_json(run_dir / "final_eval.json", final)
-    return {"final": final, "samples": samples, "history": log.metrics.rows,
-            "run_dir": str(run_dir),
-            "interrupted": False, "model": model}
+    return {"final": final, "samples": samples, "history": callback.metrics.rows,
+            "run_dir": str(run_dir), "interrupted": callback.interrupted, "model": model}
 
 
 # ---- the command: `textenv sb3-baseline` -----------------------------------------------------

@@ -4,9 +4,9 @@ An algorithm file (ppo.py, reinforce.py, ...) defines a config dataclass (a `Run
 with its own fields) and a small class that follows the `Algorithm` protocol:
 
     class PPO:
-        policy, reference, optimizer, modules      # what is evaluated and checkpointed
+        setup, policy, optimizer, modules           # what is evaluated and checkpointed
         def iteration(self, it, progress, timer) -> dict   # one rollout + one update
-        def state_dict(self) -> dict                # JSON-able state (KL controller, RNGs)
+        def state_dict(self) -> dict                # JSON-able state (KL controller, ...)
         def load_state_dict(self, state) -> None
 
 `run(algo, cfg, name)` then does the rest, the same way for every algorithm: iterations until
@@ -213,20 +213,18 @@ class PhaseTimer:
 class Algorithm(Protocol):
     """What `run` needs from an algorithm."""
 
+    setup: Setup  # tokenizer, task, frozen reference, envs, prompt RNG, torch generator
     policy: GPT  # the LM that writes responses (evaluated on held-out prompts)
-    reference: GPT  # the frozen SFT policy (KL is measured against it)
     optimizer: torch.optim.Optimizer
     modules: dict[str, nn.Module]  # name -> module, saved in checkpoints
-    envs: gym.vector.VectorEnv
-    pad_id: int
-    generator: torch.Generator  # sampling and minibatch order
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
         """One rollout and one update; `progress` is the fraction of the budget used.
         Returns the metrics, including `charts/env_steps_iter` (tokens generated)."""
 
     def state_dict(self) -> dict:
-        """The algorithm's own state, JSON-able (KL controller, baselines, prompt RNG)."""
+        """The algorithm's own state, JSON-able (KL controller, baselines). Weights, the
+        optimizer and the RNGs are saved by `run`."""
 
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -247,7 +245,7 @@ def save_checkpoint(directory: Path, algo: Algorithm, state: dict) -> None:
     (torch.save, read back with weights_only=True), RNG states, and state.json."""
     tensors = {f"{name}.{k}": v for name, m in algo.modules.items()
                for k, v in m.state_dict().items()}
-    tensors["rng.torch_generator"] = algo.generator.get_state()
+    tensors["rng.torch_generator"] = algo.setup.generator.get_state()
     tensors["rng.torch_global"] = torch.get_rng_state()
     save_tensors(directory / "model.safetensors", tensors)
     torch.save(algo.optimizer.state_dict(), directory / "optimizer.pt")
@@ -274,7 +272,7 @@ def load_checkpoint(directory: Path, algo: Algorithm) -> dict:
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"checkpoint {w_path} does not match the model: {e}") from e
     try:
-        algo.generator.set_state(tensors["rng.torch_generator"])
+        algo.setup.generator.set_state(tensors["rng.torch_generator"])
         torch.set_rng_state(tensors["rng.torch_global"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f"checkpoint {w_path}: bad or missing RNG state ({e!r})") from e
@@ -284,10 +282,11 @@ def load_checkpoint(directory: Path, algo: Algorithm) -> dict:
     except Exception as e:  # torch raises several types on truncated or foreign files
         raise ValueError(f"could not read optimizer state {opt_path}: {e}") from e
     try:
+        algo.setup.prompt_rng.bit_generator.state = state["prompt_rng"]
         algo.load_state_dict(state["algorithm"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint state {directory / 'state.json'}: bad 'algorithm' "
-                         f"entry ({e!r})") from e
+                         f"or 'prompt_rng' entry ({e!r})") from e
     return state
 
 
@@ -320,12 +319,14 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
     prompts = eval_prompts(cfg)
 
     def run_eval() -> dict:
-        return evaluate(algo.policy, algo.reference, algo.envs, prompts,
+        s = algo.setup
+        return evaluate(algo.policy, s.reference, s.envs, prompts,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        pad_id=algo.pad_id, seed=cfg.seed + 200)
+                        pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
 
     def checkpoint() -> None:
         state = {"iteration": iteration, "env_steps": env_steps, "name": name,
+                 "prompt_rng": algo.setup.prompt_rng.bit_generator.state,
                  "algorithm": algo.state_dict()}
         checkpoints.save(iteration, lambda d: save_checkpoint(d, algo, state))
 

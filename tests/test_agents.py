@@ -155,3 +155,40 @@ def test_non_finite_loss_stops_and_names_the_iteration(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="iteration 1"):
         ppo.train(cfg)
     assert Checkpoints(tmp_path / "nan").latest() is None
+
+
+SB3_TINY = ["--num-envs=8", "--max-new-tokens=24", "--eval-prompts=8", "--threads=1",
+            "--no-progress", "--no-tensorboard", "--n-envs=2", "--n-steps=16",
+            "--batch-size=16", "--n-epochs=1", "--checkpoint-every=1"]
+
+
+def _sb3_cmd(run_dir, total, extra=()):
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), "sb3-ppo",
+            f"--run-dir={run_dir}", f"--total-env-steps={total}", *SB3_TINY, *extra]
+
+
+def test_sb3_runner_checkpoints_resumes_and_saves_on_ctrl_c(tmp_path):
+    """The SB3 runner keeps the same promises as textenv's own loop: checkpoint sets every
+    `checkpoint_every` rollouts, --resume continues from the newest one, Ctrl-C saves."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "sb3"
+    proc = subprocess.Popen(_sb3_cmd(run_dir, 10_000), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while Checkpoints(run_dir).latest() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted: checkpoint saved" in out
+    state = json.loads((Checkpoints(run_dir).latest() / "state.json").read_text())
+    assert 0 < state["num_timesteps"] < 10_000 and state["rollouts"] >= 1
+    total = state["num_timesteps"] + 64  # two more rollouts of 2 envs x 16 steps
+    done = subprocess.run(_sb3_cmd(run_dir, total, ["--resume"]), env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"rollout {state['rollouts']}, {state['num_timesteps']} env steps" in done.stdout
+    final = json.loads((run_dir / "final_eval.json").read_text())
+    assert final["charts/env_steps"] == total
+    rows = _metrics(run_dir)
+    assert max(rows) == state["rollouts"] + 2

@@ -198,14 +198,12 @@ def test_divergence_stops_naming_the_iteration_and_keeps_the_last_good_checkpoin
 
 
 def test_a_reward_function_returning_nan_names_the_iteration(tmp_path):
-    from agents.ppo import PPO
-    from agents.training import run
+    def nan_reward(prompts, responses):
+        return [float("nan")] * len(prompts)
 
-    cfg = tiny_ppo(tmp_path, total_env_steps=3 * 8 * 24, eval_every=0, reward="gold")
-    algo = PPO(cfg)
-    algo.envs.unwrapped.core.reward_fn = lambda prompts, responses: [float("nan")] * len(prompts)
+    cfg = tiny_ppo(tmp_path, total_env_steps=3 * 8 * 24, eval_every=0, reward=nan_reward)
     with pytest.raises(ValueError, match="non-finite") as info:
-        run(algo, cfg, "ppo")
+        train(cfg)
     assert any("iteration 1" in note for note in info.value.__notes__)
 
 
@@ -334,3 +332,15 @@ def test_torch_is_only_loaded_with_weights_only():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}:{n}"
     assert torch.__version__  # torch itself is importable
+
+
+@pytest.mark.parametrize("name", ["../outside", "/etc/passwd", "a/b", ".hidden", ""])
+def test_model_names_cannot_leave_their_directory(tmp_path, name):
+    from textenv.rewards import RewardModel
+
+    gpt = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(ValueError, match="plain file name"):
+        gpt.save(tmp_path, name)
+    with pytest.raises(ValueError, match="plain file name"):
+        RewardModel.load(tmp_path, name)
+    assert list(tmp_path.parent.glob("outside*")) == []

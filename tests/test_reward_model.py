@@ -25,16 +25,6 @@ from textenv.model import GPT, GPTConfig
 from textenv.rewards import RewardEnsemble, RewardModel
 from textenv.tokenizer import WordTokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are fastest on one thread (and don't fight a busy machine for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 WORDS = ["a", "b", "c", "d", "good", "bad", "ok", "."]
 TOL = 1e-5
 

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textenv.storage import check_tensors, load_tensors, read_json, save_tensors, write_json
+from textenv.storage import (
+    check_name,
+    check_tensors,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 
 
 @dataclass
@@ -316,6 +323,7 @@ class GPT(nn.Module):
     def save(self, directory, name: str) -> None:
         """Write directory/name.safetensors and directory/name.json, each atomically."""
         directory = Path(directory)
+        check_name(name, "model name")
         tensors = dict(self.state_dict())
         if self.config.tie_embeddings:
             tensors.pop("lm_head.weight")  # same storage as tok_emb.weight; save one copy
@@ -327,7 +335,7 @@ class GPT(nn.Module):
         """Read a model written by save(). Uses only json + safetensors (never pickle).
         The config is validated before anything is allocated; the weights must match it in
         names, shapes and dtype, and be finite."""
-        cfg_path = Path(directory) / f"{name}.json"
+        cfg_path = Path(directory) / f"{check_name(name, 'model name')}.json"
         w_path = Path(directory) / f"{name}.safetensors"
         for p in (cfg_path, w_path):
             if not p.is_file():

@@ -38,7 +38,6 @@ each written atomically. Loading never executes code.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -52,7 +51,14 @@ from torch import nn
 
 from textenv.lm import encode_prompt, pad_right
 from textenv.model import GPT, GPTConfig
-from textenv.storage import check_tensors, load_tensors, read_json, save_tensors, write_json
+from textenv.storage import (
+    check_name,
+    check_tensors,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from textenv.tokenizer import Tokenizer, WordTokenizer
 
 FORMAT = "textenv-reward-model"
@@ -219,6 +225,7 @@ class RewardModel(nn.Module):
         model was trained; it is informational only.
         """
         directory = Path(directory)
+        check_name(name, "reward model name")
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "gpt_config": asdict(self.config),
                 "gain": self.gain, "bias": self.bias, "extra": extra or {}}
         save_tensors(directory / f"{name}.safetensors", self.state_dict())
@@ -234,6 +241,7 @@ class RewardModel(nn.Module):
         differs from the model's.
         """
         directory = Path(directory)
+        check_name(name, "reward model name")
         cfg_path, w_path = directory / f"{name}.json", directory / f"{name}.safetensors"
         for p in (cfg_path, w_path):
             if not p.is_file():
@@ -273,7 +281,6 @@ class RewardModel(nn.Module):
 # ---- ensembles -------------------------------------------------------------------------------
 ENSEMBLE_FORMAT = "textenv-reward-ensemble"
 ENSEMBLE_MODES = ("mean", "conservative")
-_MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class RewardEnsemble(nn.Module):
@@ -332,6 +339,7 @@ class RewardEnsemble(nn.Module):
 
     def save(self, directory: str | Path, name: str = "reward_ensemble") -> None:
         directory = Path(directory)
+        check_name(name, "reward ensemble name")
         members = [f"{name}_{i}" for i in range(len(self.models))]
         for member, model in zip(members, self.models):
             model.save(directory, member)
@@ -346,7 +354,7 @@ class RewardEnsemble(nn.Module):
         """Load an ensemble written by save(); `mode` / `k` override the stored ones.
         Member names must be plain file names inside `directory`."""
         directory = Path(directory)
-        path = directory / f"{name}.json"
+        path = directory / f"{check_name(name, 'reward ensemble name')}.json"
         meta = read_json(path, "reward ensemble file")
         if meta.get("format") != ENSEMBLE_FORMAT:
             raise ValueError(f"{path}: not a reward-ensemble file (expected \"format\": "
@@ -357,9 +365,7 @@ class RewardEnsemble(nn.Module):
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"could not parse reward ensemble file {path}: {e!r}") from e
         for m in members:
-            if not _MEMBER_NAME.match(m) or m in (".", ".."):
-                raise ValueError(f"{path}: member name {m!r} must be a plain file name "
-                                 f"(letters, digits, '_', '-', '.'), not a path")
+            check_name(m, f"{path}: member name")
         if tokenizer is None:
             tokenizer = WordTokenizer.load(directory / "tokenizer.json")
         models = [RewardModel.load(directory, m, tokenizer=tokenizer) for m in members]

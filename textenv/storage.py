@@ -28,8 +28,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-
 # ---- single files ----------------------------------------------------------------------------
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it is a plain file name (letters, digits, '_', '-', '.'; no path, no leading
+    dot): names of saved models are joined to a directory and must stay inside it."""
+    if not isinstance(name, str) or not _PLAIN_NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} must be a plain file name (letters, digits, '_', "
+                         f"'-', '.'), not a path")
+    return name
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
