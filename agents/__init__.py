@@ -7,6 +7,8 @@
     agents/reinforce.py  REINFORCE with a moving-average baseline
     agents/rloo.py       REINFORCE leave-one-out
     agents/grpo.py       group-relative policy optimisation
+    agents/dr_grpo.py    GRPO without the std and length normalisations
+    agents/reinforce_pp.py  REINFORCE++: per-token KL reward, global whitening, clipping
     agents/best_of_n.py  best-of-n sampling (no training)
     agents/sb3.py        stable-baselines3 bridge (features extractor) and its runner
 
@@ -17,13 +19,15 @@ first use, so that `import agents` (and `textenv --help`) stays light.
 
 
 def _algorithms() -> dict:
-    from agents import best_of_n, grpo, ppo, reinforce, rloo, sb3
+    from agents import best_of_n, dr_grpo, grpo, ppo, reinforce, reinforce_pp, rloo, sb3
 
     return {
         "ppo": (ppo.PPOConfig, ppo.train),
         "reinforce": (reinforce.ReinforceConfig, reinforce.train),
         "rloo": (rloo.RLOOConfig, rloo.train),
         "grpo": (grpo.GRPOConfig, grpo.train),
+        "dr-grpo": (dr_grpo.DrGRPOConfig, dr_grpo.train),
+        "reinforce++": (reinforce_pp.ReinforcePPConfig, reinforce_pp.train),
         "best-of-n": (best_of_n.BestOfNConfig, best_of_n.train),
         "sb3-ppo": (sb3.SB3Config, sb3.train),
     }

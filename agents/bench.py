@@ -50,7 +50,25 @@ Figures (keys of the JSON's "figures"), one function each:
                                      held-out prompts, and its peak RSS (run in a subprocess)
   7. generation_flop_utilization     bare generation tokens/s at batch 256 x 2 x params
                                      FLOPs/token, over the measured float32 matmul FLOP rate
+                                     (`matmul_gflops`, measured first at --threads)
   8. machine                         cores, torch version and threads, python version
+  9. decode_flop_utilisation_real_tokens_b256
+                                     bare generation at batch 256 split into the prompts'
+                                     prefill and the decode steps (the `Decoder` loop of
+                                     GPT.generate), at 1 and at 2 threads (suffix _1t, _2t;
+                                     unsuffixed: at --threads), each against the matmul rate
+                                     measured at that thread count; `dead_row_fraction`: the
+                                     row-steps a decoder that keeps finished rows would spend
+                                     on them; `decode_vs_hf_generate_ratio`: Hugging Face
+                                     generate on a converted copy of the same weights (s per
+                                     generated token) over GPT.generate's, when transformers
+                                     is installed (skipped otherwise)
+
+Every phase also reports its FLOP utilisation (`*_flop_utilisation_real_tokens` and
+`*_all_row_steps`): 2 x params FLOPs per token for a forward, 6 for forward + backward
+(attention's own FLOPs are not counted), over the matmul rate at the same thread count.
+Real tokens are the prompt and response tokens of sequences still running; all row-steps
+also count padding and finished rows (the padded batch a phase computes).
 """
 
 from __future__ import annotations
@@ -77,11 +95,11 @@ import torch
 import torch.nn.functional as F
 
 import textenv  # noqa: F401  (registers TextGen-v0)
-from agents.rollout import collect_rollout
-from agents.training import PhaseTimer, make_envs
+from agents.rollout import collect_rollout, make_envs
+from agents.training import PhaseTimer
 from textenv.assets import ASSETS_DIR, load_reference, load_tokenizer, read_quality
 from textenv.lm import encode_prompt, pad_left
-from textenv.model import KVCache
+from textenv.model import Decoder, KVCache
 from textenv.rewards import RewardFn, make_reward_fn
 from textenv.runlog import read_metrics_csv
 from textenv.tasks import make_task
@@ -127,7 +145,29 @@ FIGURE_KEYS = (
     "bare_generation_tokens_per_s_b256",
     "generation_flop_utilization",
     "bench_peak_rss_mb",
+    # every phase's FLOP utilisation (fraction of the matmul rate at the same thread count)
+    *(f"{phase}_flop_utilisation_{count}"
+      for phase in ("bare_generation", "rollout_excl_scoring", "kv_cache_decode",
+                    "ppo_rollout_excl_scoring", "ppo_reference", "ppo_old_logprobs",
+                    "ppo_update")
+      for count in ("real_tokens", "all_row_steps")),
+    "decode_flop_utilisation_real_tokens_b256",
+    "decode_flop_utilisation_all_row_steps_b256",
+    "prefill_flop_utilisation_real_tokens_b256",
+    *(f"{key}_{t}t" for t in (1, 2)
+      for key in ("matmul_gflops", "decode_flop_utilisation_real_tokens_b256",
+                  "decode_flop_utilisation_all_row_steps_b256",
+                  "prefill_flop_utilisation_real_tokens_b256",
+                  "prefill_flop_utilisation_all_row_steps_b256")),
 )
+# Figures every run reports in [0, 1).
+FRACTION_KEYS = ("dead_row_fraction",)
+# Figures that need the learned reward model (scoring FLOPs) or transformers (HF generate).
+OPTIONAL_KEYS = ("rollout_scoring_flop_utilisation_real_tokens",
+                 "scoring_one_batch_flop_utilisation_real_tokens",
+                 "ppo_scoring_flop_utilisation_real_tokens",
+                 "decode_vs_hf_generate_ratio", "decode_vs_hf_generate_ratio_1t",
+                 "decode_vs_hf_generate_ratio_2t")
 FULL_ONLY_KEYS = (
     "ppo_to_target_wall_clock_s",
     "ppo_to_target_train_s",
@@ -140,6 +180,8 @@ MACHINE_KEYS = ("cores", "torch_version", "torch_threads", "python_version", "pl
                 "load_avg_1min", "omp_wait_policy")
 # Design goals, printed beside the measured figure (the table states, it does not judge).
 DESIGN_GOALS = {"rollout_vs_generate_then_score_ratio": ">= 0.9",
+                "decode_flop_utilisation_real_tokens_b256": ">= 0.30",
+                "decode_vs_hf_generate_ratio": ">= 1.4",
                 "kv_cache_speedup": ">= 5",
                 "ref_plus_scoring_fraction": "<= 0.25"}
 # The phases PPO.iteration times, in order; the bench splits "rollout" into decoding and
@@ -232,6 +274,33 @@ def resolve_reward(cfg: BenchConfig) -> tuple[str, bool]:
     return cfg.reward, has_rm
 
 
+def matmul_flop_rate(n: int, repeats: int) -> float:
+    """FLOP/s of float32 n x n @ n x n products (2 n^3 each) at the current thread count."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    inner = max(1, int(2e9 // (2 * n ** 3)))  # ~2 GFLOP per timed sample
+    for _ in range(2):  # warm-up
+        a @ b
+    times = []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 * inner / median(times)
+
+
+def flop_utilisation(params: int, tokens: float, seconds: float, rate: float,
+                     flops_per_param: int = 2) -> float:
+    """Fraction of the matmul rate: flops_per_param x params FLOPs per token (2 for a
+    forward, 6 for forward + backward; attention's own FLOPs are not counted)."""
+    return flops_per_param * params * tokens / seconds / rate
+
+
+def num_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def sample_prompts(task, n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [task.sample_prompt(rng, "train") for _ in range(n)]
@@ -269,6 +338,13 @@ class TimedReward:
         self.calls += 1
         self.id_batches.append((ids, mask))
         return out
+
+    def token_counts(self) -> tuple[int, int, int]:
+        """(episodes, real tokens, longest sequence) of everything scored since reset():
+        [bos] + prompt + response per episode (texts: the tokenizer is word-level)."""
+        lengths = [int(n) for _, mask in self.id_batches for n in mask.sum(1)]
+        lengths += [1 + len(p.split()) + len(r.split()) for p, r in zip(*self.texts)]
+        return len(lengths), sum(lengths), max(lengths, default=0)
 
     def rescore_in_one_batch(self) -> float:
         """Score everything seen since reset() in ONE call -> seconds."""
@@ -342,7 +418,7 @@ def vector_env_throughput(cfg: BenchConfig, reward: str, steps: int,
 
 # ---- 3: rollout through the env vs bare generation -----------------------------------------
 def rollout_vs_bare_generation(cfg: BenchConfig, reward: str, policy, tokenizer, task,
-                               repeats: int) -> tuple[dict, dict]:
+                               repeats: int, rate: float) -> tuple[dict, dict]:
     n, T = cfg.num_envs, cfg.max_new_tokens
     score = make_reward_fn(reward, task, cfg.assets_dir)  # the bare side calls it directly
     timed_score = TimedReward(score)  # the env calls it through this
@@ -372,6 +448,10 @@ def rollout_vs_bare_generation(cfg: BenchConfig, reward: str, policy, tokenizer,
         tokens = int(out["response_mask"].sum())
         return seconds, out["response_ids"], tokens, score_in_one_batch(out)
 
+    rm = getattr(score, "reward_model", None)  # None: the gold reward (no model FLOPs)
+    P, P_rm = policy.num_params(), (num_params(rm) if rm is not None else 0)
+    prompt_real, (N, Tp) = int(prompt_mask.sum()), prompt_ids.shape
+
     def rollout(seed: int):
         g = torch.Generator().manual_seed(seed)
         timed_score.reset()
@@ -384,6 +464,14 @@ def rollout_vs_bare_generation(cfg: BenchConfig, reward: str, policy, tokenizer,
     # its scoring; the scoring seconds; tokens/s; same tokens written.
     b_spt, gs_spt, r_spt, r_spt_ex, scoring, one_batch, b_tps, r_tps, same = (
         [] for _ in range(9))
+    util = {}  # FLOP utilisation per phase, counting real tokens / all row-steps
+
+    def note(key: str, params: int, real: float, rows: float, seconds: float) -> None:
+        util.setdefault(f"{key}_flop_utilisation_real_tokens", []).append(
+            flop_utilisation(params, real, seconds, rate))
+        util.setdefault(f"{key}_flop_utilisation_all_row_steps", []).append(
+            flop_utilisation(params, rows, seconds, rate))
+
     for rep in range(1 + repeats):  # rep 0 is the warm-up
         seed = cfg.seed + 1000 + rep  # both sides sample with the same seed
         if rep % 2 == 0:  # A, B, B, A, ...: neither side always runs first
@@ -403,6 +491,14 @@ def rollout_vs_bare_generation(cfg: BenchConfig, reward: str, policy, tokenizer,
         b_tps.append(nb / tb)
         r_tps.append(nr / tr)
         same.append(ids_b.shape == ids_r.shape and bool(torch.equal(ids_b, ids_r)))
+        # Tokens in the (prompt + response) sequences; row-steps: the padded rectangle.
+        note("bare_generation", P, prompt_real + nb, N * (Tp + ids_b.shape[1]), tb)
+        note("rollout_excl_scoring", P, prompt_real + nr, N * (Tp + ids_r.shape[1]), tr - ts)
+        if P_rm:
+            _, real, _ = timed_score.token_counts()
+            rows = sum(ids.numel() for ids, _ in timed_score.id_batches) or real
+            note("rollout_scoring", P_rm, real, rows, ts)
+            note("scoring_one_batch", P_rm, prompt_real + nb, N * (Tp + ids_b.shape[1]), tsb)
     envs.close()
     figures = {
         "bare_generation_tokens_per_s_n64": median(b_tps),
@@ -413,6 +509,7 @@ def rollout_vs_bare_generation(cfg: BenchConfig, reward: str, policy, tokenizer,
         "generate_then_score_vs_bare_generation_ratio": median(b_spt) / median(gs_spt),
         "rollout_scoring_s": median(scoring),
         "rollout_scoring_one_batch_s": median(one_batch),
+        **{key: median(values) for key, values in util.items()},
     }
     details = {"rollout_same_tokens_as_bare": all(same),
                "bare_generation_s_per_token": median(b_spt),
@@ -426,7 +523,7 @@ def rollout_vs_bare_generation(cfg: BenchConfig, reward: str, policy, tokenizer,
 # ---- 4: KV cache vs recomputation -------------------------------------------------------------
 @torch.no_grad()
 def kv_cache_speedup(cfg: BenchConfig, policy, tokenizer, task,
-                     repeats: int) -> tuple[dict, dict]:
+                     repeats: int, rate: float) -> tuple[dict, dict]:
     B = cfg.kv_batch
     prompts = sample_prompts(task, B, cfg.seed + 3)
     prompt_ids, prompt_mask = pad_left([encode_prompt(tokenizer, p) for p in prompts],
@@ -465,14 +562,22 @@ def kv_cache_speedup(cfg: BenchConfig, policy, tokenizer, task,
             last[fn.__name__] = fn()
             out.append(time.perf_counter() - t0)
     max_diff = float((last["cached"] - last["recompute"]).abs().max())  # same logits?
+    # The cached path computes the prompts once, then new - 1 tokens per row.
+    real, rows = int(prompt_mask.sum()) + B * (new - 1), B * (Tp + new - 1)
+    P = policy.num_params()
     return ({"kv_cache_decode_s": median(tc), "no_cache_decode_s": median(tn),
-             "kv_cache_speedup": median(tn) / median(tc)},
+             "kv_cache_speedup": median(tn) / median(tc),
+             "kv_cache_decode_flop_utilisation_real_tokens":
+             flop_utilisation(P, real, median(tc), rate),
+             "kv_cache_decode_flop_utilisation_all_row_steps":
+             flop_utilisation(P, rows, median(tc), rate)},
             {"kv_batch": B, "kv_new_tokens": new, "kv_prompt_width": Tp,
              "kv_vs_recompute_max_logit_diff": max_diff})
 
 
 # ---- 5: one LM-PPO iteration ------------------------------------------------------------------
-def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int) -> tuple[dict, dict]:
+def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int,
+                         rate: float) -> tuple[dict, dict]:
     from agents.ppo import PPO, PPOConfig
 
     task = make_task("reviews")
@@ -486,6 +591,11 @@ def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int) -> tupl
     algo.optimizer.register_step_post_hook(lambda *_: updates.__setitem__(0, updates[0] + 1))
     mb_size = max(1, pcfg.num_envs // pcfg.num_minibatches)
     max_updates = pcfg.update_epochs * math.ceil(pcfg.num_envs / mb_size)
+    rm = getattr(timed_score.fn, "reward_model", None)
+    params = {"rollout_excl_scoring": num_params(algo.agent.lm),
+              "scoring": num_params(rm) if rm is not None else 0,
+              "reference": num_params(algo.setup.reference),
+              "old_logprobs": num_params(algo.agent), "update": num_params(algo.agent)}
     rows = []
     for it in range(1, iterations + 2):  # iteration 1 is the warm-up
         timed_score.reset()
@@ -495,6 +605,7 @@ def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int) -> tupl
         m = algo.iteration(it, 0.0, timer)  # progress 0: the start-of-run learning rate
         wall = time.perf_counter() - t0
         in_env = timed_score.seconds
+        episodes, real, longest = timed_score.token_counts()
         one_batch = timed_score.rescore_in_one_batch()  # the same pairs in ONE call
         log(f"  PPO iteration {it}{' (warm-up)' if it == 1 else ''}: {wall:.2f} s, "
             f"{updates[0]}/{max_updates} minibatch updates")
@@ -504,8 +615,23 @@ def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int) -> tupl
                          "scoring": in_env, "one_batch": one_batch,
                          "calls": timed_score.calls, "tokens": m["charts/env_steps_iter"],
                          "updates": updates[0]})
+            seconds = {**timer.seconds, "scoring": in_env,
+                       "rollout_excl_scoring": timer.seconds["rollout"] - in_env}
+            # Real tokens: [bos] + prompt + response of every episode; row-steps: every
+            # episode padded to the longest (a lower bound of the batch each forward pads to).
+            # The update runs forward + backward on update_fraction of the batch.
+            update_fraction = updates[0] * mb_size / pcfg.num_envs
+            for phase, P in params.items():
+                if P == 0 or seconds.get(phase, 0) <= 0:
+                    continue
+                times = update_fraction if phase == "update" else 1.0
+                per_param = 6 if phase == "update" else 2
+                rows[-1][f"{phase}_util_real"] = flop_utilisation(
+                    P, times * real, seconds[phase], rate, per_param)
+                rows[-1][f"{phase}_util_rows"] = flop_utilisation(
+                    P, times * episodes * longest, seconds[phase], rate, per_param)
     algo.setup.envs.close()
-    med = {k: median([r[k] for r in rows]) for k in rows[0]}
+    med = {k: median([r[k] for r in rows if k in r]) for k in {k for r in rows for k in r}}
     total = med["total"]  # every timed phase, so the fractions below add up to 1
     rollout_ex = med["rollout"] - med["scoring"]
     figures = {
@@ -520,6 +646,10 @@ def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int) -> tupl
         **{f"ppo_{p}_fraction": med[p] / total for p in PPO_PHASES[1:]},
         "ref_plus_scoring_fraction": (med["reference"] + med["scoring"]) / total,
     }
+    for phase in params:
+        if f"{phase}_util_real" in med:
+            figures[f"ppo_{phase}_flop_utilisation_real_tokens"] = med[f"{phase}_util_real"]
+            figures[f"ppo_{phase}_flop_utilisation_all_row_steps"] = med[f"{phase}_util_rows"]
     details = {"ppo_iteration_wall_s": med["wall"], "ppo_reward_calls_per_rollout": med["calls"],
                "ppo_tokens_per_rollout": med["tokens"], "ppo_num_envs": pcfg.num_envs,
                "ppo_minibatch_updates": med["updates"], "ppo_minibatch_updates_max": max_updates,
@@ -635,23 +765,10 @@ def ppo_time_to_target(assets_dir: str, target: float, *, threads: int, eval_eve
 
 # ---- 7: generation FLOP utilisation -------------------------------------------------------------
 def generation_flop_utilization(cfg: BenchConfig, policy, tokenizer, task,
-                                repeats: int) -> tuple[dict, dict]:
-    """Bare generation at batch gen_batch x 2 x params FLOPs per token, over the float32
-    n x n @ n x n matmul FLOP rate (2 n^3 per product) of this machine."""
-    n = cfg.matmul_size
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    inner = max(1, int(2e9 // (2 * n ** 3)))  # ~2 GFLOP per timed sample
-    for _ in range(2):  # warm-up
-        a @ b
-    times = []
-    for _ in range(max(3, repeats)):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        times.append(time.perf_counter() - t0)
-    flops = 2 * n ** 3 * inner / median(times)
-
+                                repeats: int, rate: float) -> tuple[dict, dict]:
+    """Bare generation (GPT.generate) at batch gen_batch: generated tokens x 2 x params
+    FLOPs, over the float32 matmul FLOP rate (the figure of earlier runs; figure 9 splits
+    it into prefill and decoding)."""
     prompts = sample_prompts(task, cfg.gen_batch, cfg.seed + 6)
     ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_id)
     tokens_per_s = []
@@ -665,8 +782,150 @@ def generation_flop_utilization(cfg: BenchConfig, policy, tokenizer, task,
         if rep:
             tokens_per_s.append(int(out["response_mask"].sum()) / dt)
     tps = median(tokens_per_s)
-    return {"matmul_gflops": flops / 1e9, "bare_generation_tokens_per_s_b256": tps,
-            "generation_flop_utilization": tps * 2 * policy.num_params() / flops}, {}
+    return {"bare_generation_tokens_per_s_b256": tps,
+            "generation_flop_utilization": tps * 2 * policy.num_params() / rate}, {}
+
+
+# ---- 9: decoding at batch 256, at 1 and at 2 threads; Hugging Face generate ---------------------
+def hf_copy(policy):
+    """The policy as a Hugging Face GPT2LMHeadModel with the same weights (same
+    architecture: pre-LayerNorm blocks, exact GELU, learned positions, tied embeddings),
+    or None when transformers is not installed."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    c = policy.config
+    hf = GPT2LMHeadModel(GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+        n_head=c.n_head, activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, layer_norm_epsilon=1e-5, tie_word_embeddings=c.tie_embeddings,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)).eval()
+    sd = policy.state_dict()
+    zeros = torch.zeros  # the biases of a bias=False config
+    weights = {"transformer.wte.weight": sd["tok_emb.weight"],
+               "transformer.wpe.weight": sd["pos_emb.weight"],
+               "transformer.ln_f.weight": sd["ln_f.weight"],
+               "transformer.ln_f.bias": sd.get("ln_f.bias", zeros(c.n_embd)),
+               "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(c.n_layer):
+        for ours, theirs, conv1d in (("ln1", "ln_1", False), ("ln2", "ln_2", False),
+                                     ("attn.qkv", "attn.c_attn", True),
+                                     ("attn.proj", "attn.c_proj", True),
+                                     ("mlp.0", "mlp.c_fc", True), ("mlp.2", "mlp.c_proj", True)):
+            w = sd[f"blocks.{i}.{ours}.weight"]  # Linear (out, in); GPT-2's Conv1D is (in, out)
+            weights[f"transformer.h.{i}.{theirs}.weight"] = w.t().contiguous() if conv1d else w
+            weights[f"transformer.h.{i}.{theirs}.bias"] = sd.get(f"blocks.{i}.{ours}.bias",
+                                                                 zeros(w.shape[0]))
+    hf.load_state_dict(weights, strict=False)  # (only buffers such as attention masks remain)
+    return hf
+
+
+def hf_generated_tokens(new_ids: torch.Tensor, eos_id: int) -> int:
+    """Real tokens in Hugging Face generate's new tokens (B, T): up to each row's eos."""
+    is_eos = (new_ids == eos_id).long()
+    return int(((is_eos.cumsum(1) - is_eos) == 0).sum())
+
+
+@torch.no_grad()
+def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tuple[dict, dict]:
+    """Bare generation at batch gen_batch split into the prompts' prefill and the decode
+    steps (the `Decoder` loop that GPT.generate runs), at 1 and at 2 threads (and
+    --threads), each against the matmul rate measured at that thread count. Real tokens:
+    the tokens fed for rows still generating (the decoder computes only those rows); all
+    row-steps: batch x decode steps, what a decoder that keeps finished rows computes. With
+    transformers installed, Hugging Face generate on a converted copy of the same weights
+    runs interleaved with GPT.generate (seconds per generated token, each side's own
+    samples)."""
+    prompts = sample_prompts(task, cfg.gen_batch, cfg.seed + 7)
+    ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_id)
+    B, P, eos = ids.shape[0], policy.num_params(), tokenizer.eos_id
+    hf = hf_copy(policy)
+    details: dict[str, Any] = {"hf_generate": "ran" if hf is not None else
+                               "skipped: transformers is not installed"}
+    if hf is not None:
+        with torch.no_grad():
+            pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+            diff = (policy(ids, mask) - hf(input_ids=ids, attention_mask=mask.long(),
+                                            position_ids=pos).logits)[mask].abs().max()
+        details["hf_max_logit_diff"] = float(diff)  # the copy computes the same model
+
+    def ours(seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        dec = Decoder(policy, ids, mask, cfg.max_new_tokens, pad_id=tokenizer.pad_id,
+                      generator=g)  # the prefill
+        t1 = time.perf_counter()
+        done = torch.zeros(B, dtype=torch.bool)
+        steps = fed = generated = 0
+        while True:
+            tok, _ = dec.sample()
+            generated += B - int(done.sum())
+            ended = ~done & (tok == eos)
+            done |= ended
+            if not dec.advance(tok, ended):
+                break
+            steps, fed = steps + 1, fed + dec.batch_size
+        t2 = time.perf_counter()
+        return {"prefill": t1 - t0, "decode": t2 - t1, "steps": steps, "fed": fed,
+                "generated": generated}
+
+    def theirs(seed: int) -> dict:
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = hf.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, top_k=0,
+                          max_new_tokens=cfg.max_new_tokens, eos_token_id=eos,
+                          pad_token_id=tokenizer.pad_id)
+        seconds = time.perf_counter() - t0
+        return {"seconds": seconds,
+                "generated": hf_generated_tokens(out[:, ids.shape[1]:], eos)}
+
+    figures: dict[str, float] = {}
+    dead = []
+    for threads in sorted({1, 2, cfg.threads}):
+        torch.set_num_threads(threads)
+        rate = matmul_flop_rate(cfg.matmul_size, repeats)
+        runs = {"ours": [], "hf": []}
+        for rep in range(1 + repeats):  # rep 0 is the warm-up
+            sides = [("ours", ours)] + ([("hf", theirs)] if hf is not None else [])
+            for name, fn in (sides if rep % 2 == 0 else sides[::-1]):
+                r = fn(cfg.seed + 3000 + rep)
+                if rep:
+                    runs[name].append(r)
+        o = {k: median([r[k] for r in runs["ours"]]) for k in runs["ours"][0]}
+        dead += [1 - r["fed"] / (B * r["steps"]) for r in runs["ours"] if r["steps"]]
+        prompt_real = int(mask.sum())
+        t = f"_{threads}t"
+        figures.update({
+            f"matmul_gflops{t}": rate / 1e9,
+            f"decode_flop_utilisation_real_tokens_b256{t}":
+            flop_utilisation(P, o["fed"], o["decode"], rate),
+            f"decode_flop_utilisation_all_row_steps_b256{t}":
+            flop_utilisation(P, B * o["steps"], o["decode"], rate),
+            f"prefill_flop_utilisation_real_tokens_b256{t}":
+            flop_utilisation(P, prompt_real, o["prefill"], rate),
+            f"prefill_flop_utilisation_all_row_steps_b256{t}":
+            flop_utilisation(P, ids.numel(), o["prefill"], rate),
+        })
+        if runs["hf"]:
+            s_ours = median([(r["prefill"] + r["decode"]) / r["generated"] for r in runs["ours"]])
+            s_hf = median([r["seconds"] / r["generated"] for r in runs["hf"]])
+            figures[f"decode_vs_hf_generate_ratio{t}"] = s_hf / s_ours
+        log(f"  {threads} thread(s): decode FLOP utilisation "
+            f"{figures[f'decode_flop_utilisation_real_tokens_b256{t}']:.3f} (real tokens)"
+            + (f", vs HF generate {figures[f'decode_vs_hf_generate_ratio{t}']:.2f}x"
+               if runs["hf"] else ""))
+    torch.set_num_threads(cfg.threads)
+    at = f"_{cfg.threads}t"  # the headline figures: at --threads
+    for key in ("decode_flop_utilisation_real_tokens_b256",
+                "decode_flop_utilisation_all_row_steps_b256",
+                "prefill_flop_utilisation_real_tokens_b256", "decode_vs_hf_generate_ratio"):
+        if key + at in figures:
+            figures[key] = figures[key + at]
+    figures["dead_row_fraction"] = median(dead) if dead else 0.0
+    details.update({"decode_batch": B, "decode_prompt_width": ids.shape[1],
+                    "decode_prompt_real_tokens": int(mask.sum())})
+    return figures, details
 
 
 # ---- 8: machine --------------------------------------------------------------------------------
@@ -744,15 +1003,21 @@ def run(cfg: BenchConfig) -> dict:
             vector_env_throughput, cfg, reward, sz["vector_env_steps"], k)
     figures["vector_vs_single_speedup"] = (figures["vector_env_tokens_per_s_n64"]
                                            / figures["single_env_steps_per_s"])
+    log(f"figure 7, matmul {cfg.matmul_size}^3 FLOP rate at {cfg.threads} thread(s)")
+    rate = matmul_flop_rate(cfg.matmul_size, k)  # for every phase's FLOP utilisation
+    figures["matmul_gflops"] = rate / 1e9
     measure(f"figure 3, rollout through the vector env vs bare generation: {k} pairs",
-            rollout_vs_bare_generation, cfg, reward, policy, tokenizer, task, k)
+            rollout_vs_bare_generation, cfg, reward, policy, tokenizer, task, k, rate)
     measure(f"figure 4, KV cache vs recomputation: {k} pairs",
-            kv_cache_speedup, cfg, policy, tokenizer, task, k)
+            kv_cache_speedup, cfg, policy, tokenizer, task, k, rate)
     measure(f"figure 5, LM-PPO iteration: 1 warm-up + {sz['ppo_iterations']}",
-            ppo_iteration_phases, cfg, reward, sz["ppo_iterations"])
+            ppo_iteration_phases, cfg, reward, sz["ppo_iterations"], rate)
     torch.set_num_threads(cfg.threads)  # (PPO's setup sets the same; be explicit)
-    measure(f"figure 7, matmul {cfg.matmul_size}^3 FLOP rate and bare generation at batch "
-            f"{cfg.gen_batch}", generation_flop_utilization, cfg, policy, tokenizer, task, k)
+    measure(f"figure 7, bare generation at batch {cfg.gen_batch}",
+            generation_flop_utilization, cfg, policy, tokenizer, task, k, rate)
+    measure(f"figure 9, prefill and decoding at batch {cfg.gen_batch}, threads "
+            f"{sorted({1, 2, cfg.threads})}, each against its own matmul rate",
+            decode_phases, cfg, policy, tokenizer, task, k)
     figures["bench_peak_rss_mb"] = peak_rss_mb()
 
     # Figure 6 last: it gets what is left of the full run's 10 minutes.
@@ -805,6 +1070,15 @@ def markdown_table(result: dict) -> str:
     n = d.get("ppo_num_envs", c["num_envs"])
     goal = lambda key: f"design goal {DESIGN_GOALS[key]}"
 
+    def util(key: str) -> str:
+        """A phase's FLOP utilisation, counting real tokens and all row-steps."""
+        real = f.get(f"{key}_flop_utilisation_real_tokens")
+        rows = f.get(f"{key}_flop_utilisation_all_row_steps")
+        if real is None:
+            return ""
+        return (f"FLOP utilisation {_fmt(real)} (real tokens)"
+                + (f", {_fmt(rows)} (all row-steps)" if rows is not None else ""))
+
     rows = [
         ("1", f"single env steps/s (random actions, reward '{d['reward']}')",
          f.get("single_env_steps_per_s"), ""),
@@ -813,14 +1087,17 @@ def markdown_table(result: dict) -> str:
          f"{_fmt(f.get('vector_vs_single_speedup'))}x single env"),
         ("2", f"  same under VectorKLPenalty(kl_coef=0.05) with 6% EOS (autoresets), N={n}",
          f.get("vector_env_kl_autoreset_tokens_per_s_n64"), "the reference policy every step"),
-        ("3", f"bare generation tokens/s, N={n}", f.get("bare_generation_tokens_per_s_n64"), ""),
+        ("3", f"bare generation tokens/s, N={n}", f.get("bare_generation_tokens_per_s_n64"),
+         util("bare_generation")),
         ("3", f"rollout through vector env tokens/s, N={n}", f.get("rollout_tokens_per_s_n64"),
-         ""),
+         f"without scoring: {util('rollout_excl_scoring')}"),
         ("3", "rollout vs bare generation (bare s/token / rollout s/token)",
          f.get("rollout_vs_bare_generation_ratio"), ""),
         ("3", "  same, rollout without in-env reward scoring",
          f.get("rollout_vs_bare_generation_ratio_excl_scoring"),
-         f"scoring {_fmt(f.get('rollout_scoring_s'))} s/rollout"),
+         f"scoring {_fmt(f.get('rollout_scoring_s'))} s/rollout"
+         + (f"; {util('rollout_scoring')}" if "rollout_scoring_flop_utilisation_real_tokens"
+            in f else "")),
         ("3", "  rollout vs bare generation + the same scoring in one batch",
          f.get("rollout_vs_generate_then_score_ratio"),
          f"{goal('rollout_vs_generate_then_score_ratio')}; one batch "
@@ -829,7 +1106,7 @@ def markdown_table(result: dict) -> str:
          f.get("generate_then_score_vs_bare_generation_ratio"),
          "ceiling of the rollout ratio while the reward model runs after generation"),
         ("4", f"decode {d.get('kv_new_tokens')} tokens at batch {d.get('kv_batch')}, KV cache (s)",
-         f.get("kv_cache_decode_s"), ""),
+         f.get("kv_cache_decode_s"), util("kv_cache_decode")),
         ("4", "  same, full recomputation (s)", f.get("no_cache_decode_s"), ""),
         ("4", "KV-cache speedup", f.get("kv_cache_speedup"), goal("kv_cache_speedup")),
         ("5", "LM-PPO iteration (s)", f.get("ppo_iteration_s"),
@@ -846,6 +1123,8 @@ def markdown_table(result: dict) -> str:
             done, most = d["ppo_minibatch_updates"], d["ppo_minibatch_updates_max"]
             note += (f"; {done:g}/{most} minibatch updates"
                      + (" (target_kl stopped early)" if done < most else ""))
+        if util(f"ppo_{key}"):
+            note += f"; {util(f'ppo_{key}')}"
         rows.append(("5", f"  {label} (s)", f.get(f"ppo_{key}_s"), note))
     rows += [
         ("5", "  scoring the same responses in one batch (s)", f.get("ppo_scoring_one_batch_s"),
@@ -872,7 +1151,32 @@ def markdown_table(result: dict) -> str:
         ("7", f"bare generation tokens/s, batch {c['gen_batch']}",
          f.get("bare_generation_tokens_per_s_b256"), f"{d['model_params']:,} params"),
         ("7", "generation FLOP utilisation (2 x params FLOPs/token)",
-         f.get("generation_flop_utilization"), "fraction of matmul rate"),
+         f.get("generation_flop_utilization"), "fraction of matmul rate, generated tokens"),
+    ]
+    for t in sorted({1, 2, m["torch_threads"]}):
+        x = {key: f.get(f"{key}_{t}t") for key in (
+            "matmul_gflops", "decode_vs_hf_generate_ratio",
+            "prefill_flop_utilisation_real_tokens_b256",
+            "prefill_flop_utilisation_all_row_steps_b256",
+            "decode_flop_utilisation_real_tokens_b256",
+            "decode_flop_utilisation_all_row_steps_b256")}
+        hf = x["decode_vs_hf_generate_ratio"]
+        rows += [
+            ("9", f"{t} thread(s): float32 matmul GFLOP/s", x["matmul_gflops"], ""),
+            ("9", f"  prefill FLOP utilisation, batch {c['gen_batch']} (real tokens)",
+             x["prefill_flop_utilisation_real_tokens_b256"],
+             f"{_fmt(x['prefill_flop_utilisation_all_row_steps_b256'])} (all row-steps)"),
+            ("9", f"  decode FLOP utilisation, batch {c['gen_batch']} (real tokens)",
+             x["decode_flop_utilisation_real_tokens_b256"],
+             f"{_fmt(x['decode_flop_utilisation_all_row_steps_b256'])} (all row-steps); "
+             + goal("decode_flop_utilisation_real_tokens_b256")),
+            ("9", "  GPT.generate vs Hugging Face generate (s/token ratio)", hf,
+             goal("decode_vs_hf_generate_ratio") if hf is not None
+             else d.get("hf_generate", "")),
+        ]
+    rows += [
+        ("9", "dead-row fraction (row-steps on finished rows without compaction)",
+         f.get("dead_row_fraction"), "the decoder drops those rows"),
         ("", "peak RSS of the bench process (MB)", f.get("bench_peak_rss_mb"), ""),
         ("8", "machine", None,
          f"{m['cores']} cores, torch {m['torch_version']} ({m['torch_threads']} threads"

@@ -1,9 +1,16 @@
 """Best-of-n sampling: no training at all, the baseline every RL method must beat.
 
-For each prompt, sample n responses from the SFT policy and keep the one the reward model
-scores highest. Its KL to the reference has a closed form (Stiennon et al. 2020;
-Gao et al. 2022):  KL(best-of-n || pi_ref) = log n - (n - 1) / n.
-The cost is n times the generation; the env-step count reports it.
+For each evaluation slot, sample n responses from the SFT policy and keep the one the
+reward scores highest (the learned reward model, or gold with `--reward gold`). Its KL to
+the reference has a closed form (Stiennon et al. 2020; Gao et al. 2022):
+
+    KL(best-of-n || pi_ref) = log n - (n - 1) / n
+
+Its cost is the n responses per slot of the eval split: every generated token counts as an
+env step, as for the trained methods, and n grows one round at a time (one more candidate
+per slot) until the budget `total_env_steps` or `n` is reached; the test split then uses
+the same n. The rounds also give the whole
+best-of-k curve for k = 1..n (`best_of_n_curve`), which the over-optimisation fit uses.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from agents.rollout import collect_rollout
-from agents.training import RunConfig, eval_prompts, setup
+from agents.evaluation import EvalSet, summarize
+from agents.training import RunConfig, setup
 from textenv.storage import write_json
 
 
@@ -25,7 +32,7 @@ class BestOfNConfig(RunConfig):
     run_dir: str = "runs/best_of_n"
     """Where final_eval.json goes."""
     n: int = 16
-    """Samples per prompt (num_envs must be a multiple of it)."""
+    """Largest number of samples per slot (fewer if total_env_steps runs out first)."""
 
 
 def analytic_kl(n: int) -> float:
@@ -33,46 +40,67 @@ def analytic_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-@torch.no_grad()
-def best_of_n(envs, policy, prompts: list[str], n: int, *, max_new_tokens: int,
-              temperature: float, generator: torch.Generator, pad_id: int) -> dict:
-    """Pick the reward model's favourite of n samples for each prompt."""
-    per_rollout = envs.num_envs // n  # prompts per rollout
-    chosen_gold, chosen_score, tokens, samples = [], [], 0, []
-    for s in range(0, len(prompts), per_rollout):
-        chunk = prompts[s:s + per_rollout]
-        chunk = chunk + [chunk[-1]] * (per_rollout - len(chunk))  # pad the last rollout
-        ro = collect_rollout(envs, policy, [p for p in chunk for _ in range(n)],
-                             max_new_tokens=max_new_tokens, temperature=temperature,
-                             generator=generator, pad_id=pad_id)
-        tokens += ro.num_tokens
-        scores = ro.scores.view(per_rollout, n)  # (P, n)
-        best = scores.argmax(1)  # (P,)
-        rows = torch.arange(per_rollout) * n + best
-        keep = min(per_rollout, len(prompts) - s)
-        chosen_gold += ro.gold[rows][:keep].tolist()
-        chosen_score += scores.max(1).values[:keep].tolist()
-        samples += [(ro.prompts[r], ro.responses[r], ro.gold[r].item(), ro.scores[r].item())
-                    for r in rows[:keep].tolist()]
-    return {"eval/gold_mean": sum(chosen_gold) / len(chosen_gold),
-            "eval/reward_mean": sum(chosen_score) / len(chosen_score),
-            "eval/kl": analytic_kl(n), "charts/env_steps": tokens, "samples": samples}
+def best_of_n(evaluator, eval_set: EvalSet, n: int, select_by: str, budget: float,
+              seed: int) -> dict:
+    """Candidates round by round: round 0 is the SFT policy's own evaluation (the same for
+    every seed), round r > 0 samples every slot once more with a seed of its own. Returns
+    the chosen per-slot arrays, the rounds used, the tokens generated and the best-of-k
+    curve."""
+    rounds, tokens = [], 0
+    while len(rounds) < n:
+        per_round = tokens / len(rounds) if rounds else 0.0
+        if rounds and tokens + per_round > budget:
+            break  # the next round would overspend the budget
+        r = len(rounds)
+        candidate = evaluator.sample(evaluator.reference, EvalSet(
+            eval_set.split, eval_set.samples_per_prompt,
+            seed=eval_set.seed + (1000 * seed + r if r else 0)))
+        rounds.append(candidate)
+        tokens += float(candidate["length"].sum())
+    stacked = {key: np.stack([r[key] for r in rounds])  # (n, S) each
+               for key in ("gold", "reward", "length", "eos")}
+    score, slots = stacked[select_by], np.arange(len(rounds[0]["gold"]))
+    curve = []
+    for k in range(1, len(rounds) + 1):
+        best = score[:k].argmax(0)  # (S,) the favourite of the first k candidates
+        curve.append({"n": k, "kl": analytic_kl(k),
+                      "gold": float(stacked["gold"][best, slots].mean()),
+                      "reward": float(stacked["reward"][best, slots].mean())})
+    best = score.argmax(0)  # (S,)
+    chosen = {key: values[best, slots] for key, values in stacked.items()}
+    chosen["kl"] = np.full(len(slots), analytic_kl(len(rounds)))
+    chosen["samples"] = [rounds[b]["samples"][i] for i, b in enumerate(best)]
+    return {"per_slot": chosen, "n": len(rounds), "tokens": tokens, "curve": curve,
+            "candidates": {"gold": stacked["gold"], "reward": stacked["reward"]}}  # (n, S)
 
 
 def train(cfg: BestOfNConfig) -> dict:
-    """'Train' = evaluate best-of-n on held-out prompts (same interface as the others)."""
-    if cfg.num_envs % cfg.n:
-        raise ValueError(f"n={cfg.n} must divide num_envs={cfg.num_envs}")
+    """'Train' = run best-of-n on the fixed evaluation (the same result dict as the others)."""
+    if cfg.reward not in ("learned", "gold"):
+        raise ValueError(f"best-of-n selects by reward 'learned' or 'gold', got {cfg.reward!r}")
     s = setup(cfg)
     t0 = time.perf_counter()
-    prompts = eval_prompts(cfg)
-    result = best_of_n(s.envs, s.reference, prompts, cfg.n, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, generator=s.generator,
-                       pad_id=s.tokenizer.pad_id)
-    final = {k: v for k, v in result.items() if k != "samples"}
-    final["charts/wall_clock"] = time.perf_counter() - t0
+    final, n = {}, cfg.n
+    for split in ("eval", "test"):
+        eval_set = EvalSet(split, cfg.eval_samples)
+        baseline = s.evaluator.sample(s.reference, eval_set)["gold"]
+        # The budget sets n on the eval split; the test split reuses that n (its tokens are
+        # reported as test/env_steps, like the evaluation of the trained methods, unbudgeted).
+        result = best_of_n(s.evaluator, eval_set, n,
+                           "reward" if cfg.reward == "learned" else "gold",
+                           budget=cfg.total_env_steps if split == "eval" else float("inf"),
+                           seed=cfg.seed)
+        n = result["n"]
+        final.update(summarize(result["per_slot"], baseline, prefix=split))
+        final[f"{split}/best_of_n"] = float(n)
+        final[f"{split}/env_steps"] = result["tokens"]
+        if split == "eval":
+            samples, curve = result["per_slot"]["samples"], result["curve"]
+    final.update({"charts/env_steps": final["eval/env_steps"],
+                  "charts/wall_clock": time.perf_counter() - t0, "charts/gradient_steps": 0.0})
     run_dir = Path(cfg.run_dir)
     write_json(run_dir / "config.json", asdict(cfg))
     write_json(run_dir / "final_eval.json", final)
-    return {"final": final, "samples": result["samples"], "history": [], "run_dir": str(run_dir),
-            "interrupted": False}
+    write_json(run_dir / "best_of_n_curve.json", curve)
+    return {"final": final, "samples": samples, "history": [], "run_dir": str(run_dir),
+            "interrupted": False, "curve": curve}

@@ -43,7 +43,8 @@ COMMANDS = {
                           "reward_models.compare_losses:main"),
     "ppo": ("train LM-PPO", "agents.ppo:PPOConfig", "agents.cli:train_main"),
     # A dict of {name: (ConfigClass, train)} becomes one subcommand per entry.
-    "train": ("train any agent: ppo, reinforce, rloo, grpo, best-of-n, sb3-ppo",
+    "train": ("train any agent: ppo, reinforce, rloo, grpo, dr-grpo, reinforce++, best-of-n, "
+              "sb3-ppo",
               "agents:ALGORITHMS", "agents.cli:train_main"),
     "compare": ("algorithms x seeds at an equal budget: table and plots",
                 "agents.compare:CompareConfig", "agents.compare:main"),

@@ -26,6 +26,7 @@ from torch import Tensor
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "aggregate_tokens",
     "compute_gae",
     "entropy_from_logits",
     "explained_variance",
@@ -234,10 +235,33 @@ class AdaptiveKLController:
 # --------------------------------------------------------------------------- #
 # PPO losses
 # --------------------------------------------------------------------------- #
+def aggregate_tokens(x: Tensor, mask: Tensor, mode: str = "token_mean",
+                     max_len: int | None = None) -> Tensor:
+    """Per-token losses (B, T) -> a scalar, over the real tokens.
+
+    "token_mean":    the mean over every real token of the batch;
+    "sequence_mean": each sequence's mean, then the mean over sequences (the GRPO paper:
+                     a token of a short response weighs more than one of a long response);
+    "constant":      the sum over real tokens / (B * max_len) (Dr. GRPO, Liu et al. 2025:
+                     every token weighs the same whatever its response's length).
+    """
+    if mode == "token_mean":
+        return masked_mean(x, mask)
+    if mode == "sequence_mean":
+        return masked_mean(x, mask, dim=1).mean()
+    if mode == "constant":
+        if max_len is None:
+            raise ValueError('aggregate_tokens(mode="constant") needs max_len')
+        return _masked_zero(x, mask).sum() / (x.shape[0] * max_len)
+    raise ValueError(f"unknown aggregation {mode!r}; valid: 'token_mean', 'sequence_mean', "
+                     f"'constant'")
+
+
 def policy_loss_clipped(
-    logp_new: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
+    logp_new: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_range: float,
+    aggregate: str = "token_mean", max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate loss, averaged over valid tokens.
+    """PPO clipped surrogate loss over valid tokens (averaged as `aggregate_tokens` says).
 
     All inputs are (B, T) (or any common shape). With ratio = pi_new/pi_old:
         loss = mean( max(-A * ratio, -A * clip(ratio, 1-c, 1+c)) )
@@ -254,7 +278,7 @@ def policy_loss_clipped(
     adv = advantages.detach()  # (B, T)
     pg_loss1 = -adv * ratio
     pg_loss2 = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)
+    loss = aggregate_tokens(torch.max(pg_loss1, pg_loss2), mask, aggregate, max_len)
     with torch.no_grad():
         clipfrac = masked_mean(((ratio - 1.0).abs() > clip_range).to(ratio.dtype), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)

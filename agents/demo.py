@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.evaluation import EvalSet
 from agents.plots import plot_learning_curves
 from agents.ppo import PPOConfig, train
-from agents.training import eval_prompts, evaluate, make_envs
-from textenv.assets import load_reference, load_tokenizer
+from agents.training import setup
 from textenv.storage import write_json
 
 
@@ -41,7 +41,8 @@ def main(cfg: DemoConfig) -> dict:
     rows = [("gold score (mean)", before["eval/gold_mean"], after["eval/gold_mean"]),
             ("learned reward (mean)", before["eval/reward_mean"], after["eval/reward_mean"]),
             ("KL to reference (nats)", before["eval/kl"], after["eval/kl"]),
-            ("EOS rate", before["eval/eos_rate"], after["eval/eos_rate"])]
+            ("EOS rate", before["eval/eos_rate"], after["eval/eos_rate"]),
+            ("win rate against SFT (gold)", 0.5, after["eval/win_rate"])]
     print("\n| metric | SFT (before) | LM-PPO (after) |\n|---|---|---|")
     for name, b, a in rows:
         print(f"| {name} | {b:.3f} | {a:.3f} |")
@@ -53,10 +54,7 @@ def main(cfg: DemoConfig) -> dict:
 
 
 def _first_eval(cfg: PPOConfig) -> dict:
-    """The SFT policy on the same held-out prompts and sampling seed as the final eval."""
-    sft = load_reference(cfg.assets_dir)
-    envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
-                     max_new_tokens=cfg.max_new_tokens, assets_dir=cfg.assets_dir)
-    return evaluate(sft, sft, envs, eval_prompts(cfg), max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, pad_id=load_tokenizer(cfg.assets_dir).pad_id,
-                    seed=cfg.seed + 200)
+    """The SFT policy on the same fixed evaluation as the final one (its samples are the
+    win-rate baseline, drawn once)."""
+    s = setup(cfg)
+    return s.evaluator(s.reference, EvalSet("eval", cfg.eval_samples))

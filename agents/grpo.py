@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.core import kl_k1, kl_k3, masked_mean, policy_loss_clipped
+from agents.core import aggregate_tokens, kl_k1, kl_k3, policy_loss_clipped
 from agents.rollout import (
     Rollout,
     collect_rollout,
@@ -44,13 +44,22 @@ class GRPOConfig(RunConfig):
     """Minibatches per pass."""
     max_grad_norm: float = 1.0
     """Gradient norm clip."""
+    scale_rewards: bool = True
+    """Divide each group's centred rewards by the group's std (GRPO); Dr. GRPO does not."""
+    loss_aggregation: str = "token_mean"
+    """How token losses become one number: "token_mean" (every token of the minibatch),
+    "sequence_mean" (per response, then over responses: the GRPO paper) or "constant"
+    (the token sum over responses x max_new_tokens: Dr. GRPO)."""
 
 
 # ---- the phases of one iteration -------------------------------------------------------------
-def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """scores (N,) in groups of `group_size` consecutive responses -> (R - mean) / (std + eps)."""
+def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """scores (N,) in groups of `group_size` consecutive responses -> R - mean of the group,
+    divided by (std + eps) of the group when `scale`."""
     g = scores.view(-1, group_size)  # (G, k)
-    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)).view(-1)
+    centred = g - g.mean(1, keepdim=True)
+    return (centred / (g.std(1, keepdim=True) + eps) if scale else centred).view(-1)
 
 
 def grpo_update(policy, optimizer, ro: Rollout, mask, old_logp, logp_ref, adv,
@@ -65,8 +74,10 @@ def grpo_update(policy, optimizer, ro: Rollout, mask, old_logp, logp_ref, adv,
             logp = logprobs_of(forward_responses(policy, ro, mb), ro.response_ids[mb],
                                cfg.temperature)  # (b, T)
             pg_loss, _ = policy_loss_clipped(logp, old_logp[mb], adv[mb], mask[mb],
-                                             cfg.clip_coef)
-            kl = masked_mean(kl_k3(logp, logp_ref[mb]), mask[mb])
+                                             cfg.clip_coef, cfg.loss_aggregation,
+                                             cfg.max_new_tokens)
+            kl = aggregate_tokens(kl_k3(logp, logp_ref[mb]), mask[mb], cfg.loss_aggregation,
+                                  cfg.max_new_tokens)
             loss = pg_loss + cfg.beta * kl
             check_finite(loss, iteration)
             optimizer.zero_grad(set_to_none=True)
@@ -103,7 +114,9 @@ class GRPO:
             logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
         with timer("old_logprobs"):
             old_logp = response_logprobs(self.policy, ro, cfg.temperature)  # (N, T)
-        adv = group_advantages(ro.scores, cfg.group_size)[:, None].expand_as(mask)  # (N, T)
+        scores = ro.scores * s.reward_scale  # (N,) on the scale where beta is defined
+        adv = group_advantages(scores, cfg.group_size, cfg.scale_rewards)  # (N,)
+        adv = adv[:, None].expand_as(mask)  # (N, T) every token of a response gets its own
         with timer("update"):
             stats = grpo_update(self.policy, self.optimizer, ro, mask, old_logp, logp_ref, adv,
                                 cfg, s.generator, iteration)
@@ -118,4 +131,4 @@ class GRPO:
 
 
 def train(cfg: GRPOConfig) -> dict:
-    return run(GRPO(cfg), cfg, "grpo")
+    return run(GRPO(cfg), cfg, type(cfg).__name__.removesuffix("Config").lower())

@@ -246,7 +246,8 @@ class PPO:
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  generator=s.generator, pad_id=s.tokenizer.pad_id)
         mask = ro.response_mask.float()  # (N, T)
-        scores = ro.scores - cfg.missing_eos_penalty * (~ro.eos).float()  # (N,)
+        scores = ro.scores * s.reward_scale  # (N,) on the scale where beta is defined
+        scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()  # (N,)
 
         # 2. log-probs under the reference and under pi_old, values; one forward each.
         with timer("reference"):

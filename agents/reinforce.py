@@ -41,14 +41,16 @@ class ReinforceConfig(RunConfig):
 
 
 # ---- the phases of one iteration -------------------------------------------------------------
-def sequence_returns(policy, reference, ro: Rollout, kl_coef: float, temperature: float):
-    """Each response's return, score - beta * KL(policy || reference) (summed k1), with the
-    policy's log-probs kept for the gradient. -> returns (N,), logp (N, T), seq_kl (N,)."""
+def sequence_returns(policy, reference, ro: Rollout, kl_coef: float, temperature: float,
+                     reward_scale: float = 1.0):
+    """Each response's return, scale * score - beta * KL(policy || reference) (summed k1),
+    with the policy's log-probs kept for the gradient. -> returns (N,), logp (N, T),
+    seq_kl (N,)."""
     mask = ro.response_mask.float()  # (N, T)
     logp_ref = response_logprobs(reference, ro, temperature)  # (N, T)
     logp = logprobs_of(forward_responses(policy, ro), ro.response_ids, temperature)  # (N, T)
     seq_kl = (kl_k1(logp.detach(), logp_ref) * mask).sum(1)  # (N,)
-    return ro.scores - kl_coef * seq_kl, logp, seq_kl
+    return ro.scores * reward_scale - kl_coef * seq_kl, logp, seq_kl
 
 
 def policy_gradient_step(policy, optimizer, logp, advantages, mask, max_grad_norm: float,
@@ -81,7 +83,8 @@ class Reinforce:
                                  generator=s.generator, pad_id=s.tokenizer.pad_id)
         with timer("update"):
             returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
-                                                     cfg.kl_coef, cfg.temperature)
+                                                     cfg.kl_coef, cfg.temperature,
+                                                     s.reward_scale)
             batch_mean = returns.mean().item()
             if self.baseline is None:
                 self.baseline = batch_mean

@@ -59,7 +59,8 @@ class RLOO:
                                  pad_id=s.tokenizer.pad_id)
         with timer("update"):
             returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
-                                                     cfg.kl_coef, cfg.temperature)
+                                                     cfg.kl_coef, cfg.temperature,
+                                                     s.reward_scale)
             advantages = leave_one_out_advantages(returns, cfg.rloo_k)
             loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
                                         ro.response_mask.float(), cfg.max_grad_norm, iteration)

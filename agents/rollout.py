@@ -1,10 +1,11 @@
 """Rollouts: the policy writes one response per env of a TextGen-v0 vector env.
 
-The policy decodes on its own pre-allocated KV cache (one 1-token forward per step); the
-env appends the tokens, ends episodes on EOS or the length limit, and scores every
-finished response with the reward model in one batch. A rollout is one episode per env:
-rows that finish early feed masked padding to the policy until all rows are done (the
-vector env's next-step autoreset of those rows is ignored; the next rollout resets all).
+The policy decodes on its own pre-allocated KV cache (one 1-token forward per step, see
+`textenv.model.Decoder`); the env appends the tokens, ends episodes on EOS or the length
+limit, and scores every finished response with the reward model in one batch. A rollout is
+one episode per env: a row whose episode ended leaves the policy's batch, and the env gets
+pad for it until all rows are done (the vector env's next-step autoreset of those rows is
+ignored; the next rollout resets all).
 
 After the rollout, `sequence_batch` lays each (prompt, response) out as one row, prompt
 left-padded and response right-padded, so one forward gives every response token's
@@ -16,12 +17,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import textenv  # noqa: F401  (registers TextGen-v0)
+from textenv.assets import ASSETS_DIR
 from textenv.lm import pad_left
-from textenv.model import GPT, KVCache, sample_from_logits
+from textenv.model import GPT, Decoder
 
 
 @dataclass
@@ -43,6 +47,15 @@ class Rollout:
         return int(self.response_mask.sum())
 
 
+def make_envs(num_envs: int, *, task: str = "reviews", reward="learned",
+              max_new_tokens: int | None = None, assets_dir=ASSETS_DIR):
+    """The natively batched TextGen-v0 vector env, unwrapped: LM agents shape the KL
+    themselves, from their own log-probs."""
+    return gym.make_vec("TextGen-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
+                        task=task, reward=reward, max_new_tokens=max_new_tokens,
+                        assets_dir=assets_dir)
+
+
 def prompt_ids_from_obs(obs: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The env's right-padded observations (N, L) -> left-padded prompts (N, Tp) and mask."""
     rows = [row[row != pad_id].tolist() for row in obs]
@@ -53,41 +66,43 @@ def prompt_ids_from_obs(obs: np.ndarray, pad_id: int) -> tuple[torch.Tensor, tor
 def collect_rollout(envs, policy: GPT, prompts: list[str], *, max_new_tokens: int,
                     temperature: float, generator: torch.Generator, pad_id: int) -> Rollout:
     """One response per env for `prompts` (len == envs.num_envs)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     t0 = time.perf_counter()
     policy.eval()
     obs, _ = envs.reset(options={"prompts": list(prompts)})
     prompt_ids, prompt_mask = prompt_ids_from_obs(obs, pad_id)  # (N, Tp)
     n = prompt_ids.shape[0]
-    cache = KVCache(policy.config, n, max_len=prompt_ids.shape[1] + max_new_tokens)
-    logits = policy(prompt_ids, prompt_mask, kv_cache=cache)[:, -1]  # (N, V)
+    dec = Decoder(policy, prompt_ids, prompt_mask, max_new_tokens, pad_id=pad_id,
+                  temperature=temperature, generator=generator)  # prefills the prompts
 
-    tokens_out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
-    logp_out = torch.zeros(n, max_new_tokens)
-    mask_out = torch.zeros(n, max_new_tokens, dtype=torch.bool)
-    done = torch.zeros(n, dtype=torch.bool)
-    scores, gold, eos = torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    # Per-step bookkeeping in numpy: the env's arrays are numpy, and small numpy ops cost
+    # a fraction of small torch ops.
+    done = np.zeros(n, dtype=bool)
+    scores, gold = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    eos = np.zeros(n, dtype=bool)
     responses = [""] * n
-    for t in range(max_new_tokens):
-        tokens, logp = sample_from_logits(logits, temperature, generator=generator)  # (N,)
-        tokens = torch.where(done, pad_id, tokens)
-        tokens_out[:, t], logp_out[:, t], mask_out[:, t] = tokens, logp, ~done
+    steps = []  # (tokens (N,), log-probs (N,), alive (N,)) per step
+    for _ in range(max_new_tokens):
+        tokens, logp = dec.sample()  # (N,) pad and 0 on rows whose episode ended
+        steps.append((tokens, logp, torch.from_numpy(~done)))
         _, reward, terminated, _, infos = envs.step(tokens.numpy())
-        finished = torch.as_tensor(terminated) & ~done  # rows whose episode ended now
+        finished = terminated & ~done  # (N,) rows whose episode ended now
         if finished.any():
-            idx = finished.nonzero().squeeze(-1)
-            scores[idx] = torch.as_tensor(reward, dtype=torch.float32)[idx]
-            gold[idx] = torch.as_tensor(np.asarray(infos["gold_score"], dtype=np.float32))[idx]
-            eos[idx] = torch.as_tensor(np.asarray(infos["eos"], dtype=bool))[idx]
-            for i in idx.tolist():
+            idx = np.flatnonzero(finished)
+            scores[idx] = np.asarray(reward, dtype=np.float32)[idx]
+            gold[idx] = np.asarray(infos["gold_score"], dtype=np.float32)[idx]
+            eos[idx] = np.asarray(infos["eos"], dtype=bool)[idx]
+            for i in idx:
                 responses[i] = infos["response"][i]
         done |= finished
-        if done.all():
+        if not dec.advance(tokens, torch.from_numpy(finished)):  # computes live rows only
             break
-        logits = policy(tokens[:, None], (~done)[:, None], kv_cache=cache)[:, -1]  # (N, V)
-    width = int(mask_out.sum(1).max())
-    return Rollout(prompt_ids, prompt_mask, tokens_out[:, :width], mask_out[:, :width],
-                   logp_out[:, :width], scores, gold, eos, list(prompts), responses,
-                   time.perf_counter() - t0)
+    # (N, T) each, T = the steps taken (the longest response)
+    tokens_out, logp_out, mask_out = (torch.stack(column, 1) for column in zip(*steps))
+    return Rollout(prompt_ids, prompt_mask, tokens_out, mask_out, logp_out,
+                   torch.from_numpy(scores), torch.from_numpy(gold), torch.from_numpy(eos),
+                   list(prompts), responses, time.perf_counter() - t0)
 
 
 def sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask):

@@ -33,7 +33,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 import textenv  # noqa: F401  (registers TextGen-v0)
-from agents.training import RunConfig, eval_prompts, evaluate, setup
+from agents.evaluation import EvalSet
+from agents.training import RunConfig, final_evaluation, setup
 from textenv.assets import ASSETS_DIR, load_policy
 from textenv.model import GPT, GPTConfig
 from textenv.runlog import Progress, RunLogger
@@ -295,11 +296,11 @@ def _train_locked(cfg: SB3Config, run_dir: Path) -> dict:
         print(f"\ninterrupted: checkpoint saved at rollout {callback.rollouts} in "
               f"{checkpoints.root}")
     wall = time.perf_counter() - t0
-    final = evaluate(policy_as_gpt(model), s.reference, s.envs, eval_prompts(cfg),
-                     max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                     pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
+    final = final_evaluation(policy_as_gpt(model), s, cfg)
     samples = final.pop("samples")
-    final.update({"charts/env_steps": model.num_timesteps, "charts/wall_clock": wall})
+    final.update({"charts/env_steps": model.num_timesteps, "charts/wall_clock": wall,
+                  "charts/gradient_steps": float(model.policy.optimizer.state_dict()["state"]
+                                                 .get(0, {}).get("step", 0))})
     write_json(run_dir / "final_eval.json", final)
     return {"final": final, "samples": samples, "history": callback.metrics.rows,
             "run_dir": str(run_dir), "interrupted": callback.interrupted, "model": model}
@@ -330,9 +331,7 @@ def baseline_main(cfg: SB3BaselineConfig) -> dict:
     base = SB3Config(total_env_steps=cfg.total_env_steps, seed=cfg.seed, task=cfg.task,
                      tensorboard=False)
     s = setup(base)
-    before = evaluate(s.reference, s.reference, s.envs, eval_prompts(base),
-                      max_new_tokens=base.max_new_tokens, temperature=1.0,
-                      pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
+    before = s.evaluator(s.reference, EvalSet("eval", base.eval_samples))
     results = {"SFT (start)": {k: v for k, v in before.items() if k != "samples"}}
     for algo in cfg.algos:
         run_cfg = replace(base, algo=algo, run_dir=str(Path(cfg.out_dir) / algo))

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +39,8 @@ import torch
 from torch import nn
 
 import textenv  # noqa: F401  (registers TextGen-v0)
-from agents.rollout import collect_rollout, response_logprobs
+from agents.evaluation import EvalSet, Evaluator
+from agents.rollout import collect_rollout, make_envs
 from textenv.assets import ASSETS_DIR, load_reference, load_tokenizer
 from textenv.model import GPT
 from textenv.runlog import Progress, RunLogger
@@ -72,9 +74,13 @@ class RunConfig:
     checkpoint_every: int = 20
     """Save a checkpoint every this many iterations (and at the end / on Ctrl-C)."""
     eval_every: int = 10
-    """Evaluate on held-out prompts every this many iterations (0: only at the end)."""
-    eval_prompts: int = 128
-    """Held-out prompts per evaluation."""
+    """Evaluate on the eval split every this many iterations (0: only at the end)."""
+    eval_samples: int = 4
+    """Samples per prompt of the final evaluation (every prompt of the eval and test
+    splits, the same slots and sampling seed for every run)."""
+    curve_eval_samples: int = 1
+    """Samples per prompt of the evaluations every eval_every iterations (learning and
+    gold-vs-KL curves)."""
     threads: int = 2
     """torch threads (2 suits the 2-core reference machine)."""
     tensorboard: bool = True
@@ -91,21 +97,16 @@ class RunConfig:
     """Sampling temperature (log-probs are taken under it everywhere)."""
     reward: str = "learned"
     """Env reward: "learned" (reward model), "gold" or "ensemble"."""
+    normalize_reward: bool = True
+    """Divide the env reward by its standard deviation over SFT samples (measured at the
+    start of the run), so that a KL coefficient means the same for the learned reward
+    (std 1 by calibration), gold (std about 0.3) or a callable."""
     max_abs_weight: float = 1000.0
     """Divergence guard: stop (keeping the last good checkpoint) once any weight's magnitude
     exceeds this (the shipped SFT policy's largest is about 1.3)."""
 
 
 # ---- what every algorithm starts from --------------------------------------------------------
-def make_envs(num_envs: int, *, task: str = "reviews", reward="learned",
-              max_new_tokens: int | None = None, assets_dir=ASSETS_DIR):
-    """The natively batched TextGen-v0 vector env, unwrapped: LM agents shape the KL
-    themselves, from their own log-probs."""
-    return gym.make_vec("TextGen-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
-                        task=task, reward=reward, max_new_tokens=max_new_tokens,
-                        assets_dir=assets_dir)
-
-
 @dataclass
 class Setup:
     """What every algorithm loads first: tokenizer, task, frozen reference, envs, RNGs."""
@@ -114,6 +115,8 @@ class Setup:
     task: Task
     reference: GPT
     envs: gym.vector.VectorEnv
+    evaluator: Evaluator  # the fixed evaluation, shared by every run of this task and assets
+    reward_scale: float  # multiplies the env reward in the RL objective (normalize_reward)
     prompt_rng: np.random.Generator
     generator: torch.Generator
 
@@ -136,9 +139,60 @@ def setup(cfg: RunConfig) -> Setup:
     set_seed(cfg.seed)
     envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
                      max_new_tokens=cfg.max_new_tokens, assets_dir=cfg.assets_dir)
-    return Setup(load_tokenizer(cfg.assets_dir), make_task(cfg.task),
-                 load_reference(cfg.assets_dir), envs,
+    evaluator = shared_evaluator(str(Path(cfg.assets_dir).resolve()), cfg.task,
+                                 cfg.max_new_tokens, cfg.temperature)
+    tokenizer, task, reference = (load_tokenizer(cfg.assets_dir), make_task(cfg.task),
+                                  load_reference(cfg.assets_dir))
+    scale = 1.0 / sft_reward_std(reference, envs, task, cfg) if cfg.normalize_reward else 1.0
+    return Setup(tokenizer, task, reference, envs, evaluator, scale,
                  np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed))
+
+
+@torch.no_grad()
+def sft_reward_std(reference: GPT, envs, task: Task, cfg: RunConfig) -> float:
+    """Standard deviation of the env reward over SFT samples of fixed train prompts (two
+    batches, own generator: the run's random streams are untouched)."""
+    prompts = task.prompts("train")
+    gen = torch.Generator().manual_seed(12345)
+    scores = []
+    for b in range(2):
+        chunk = [prompts[(b * envs.num_envs + i) % len(prompts)] for i in range(envs.num_envs)]
+        scores.append(collect_rollout(envs, reference, chunk, max_new_tokens=cfg.max_new_tokens,
+                                      temperature=cfg.temperature, generator=gen,
+                                      pad_id=envs.unwrapped.tokenizer.pad_id).scores)
+    std = torch.cat(scores).std().item()
+    if not std > 1e-6:
+        raise ValueError(f"the reward {cfg.reward!r} gives every SFT sample the same score "
+                         f"(std {std}); set normalize_reward=False to train on it anyway")
+    return std
+
+
+@lru_cache(maxsize=4)
+def shared_evaluator(assets_dir: str, task: str, max_new_tokens: int,
+                     temperature: float) -> Evaluator:
+    """One Evaluator per (assets, task, length, temperature) in a process: the SFT policy's
+    own samples (the win-rate baseline) are drawn once for all the runs of a comparison."""
+    return Evaluator(load_reference(assets_dir), task=task, assets_dir=assets_dir,
+                     max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def final_evaluation(policy: GPT, s: Setup, cfg: RunConfig) -> dict:
+    """The fixed evaluation on the eval and test splits (every prompt x eval_samples), with
+    the win rate against the SFT policy: what every run reports at its end."""
+    metrics, samples = {}, []
+    for split in ("eval", "test"):
+        result = s.evaluator(policy, EvalSet(split, cfg.eval_samples))
+        samples += result.pop("samples") if split == "eval" else []
+        metrics.update(result)
+    return {**metrics, "samples": samples}
+
+
+def curve_evaluation(policy: GPT, s: Setup, cfg: RunConfig) -> dict:
+    """The evaluation every eval_every iterations: every eval-split prompt,
+    curve_eval_samples times (eval/... metrics)."""
+    result = s.evaluator(policy, EvalSet("eval", cfg.curve_eval_samples), win_rate=False)
+    result.pop("samples")
+    return result
 
 
 def trainable_copy(model: GPT) -> GPT:
@@ -150,44 +204,6 @@ def adam(parameters, learning_rate: float) -> torch.optim.Adam:
     """The optimizer of every RL agent. fused: one kernel updates every tensor (a for-loop
     Adam costs about 5x more per step at these sizes)."""
     return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-5, fused=True)
-
-
-# ---- evaluation ------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(policy: GPT, reference: GPT, envs, prompts: list[str], *, max_new_tokens: int,
-             temperature: float, pad_id: int, seed: int = 0) -> dict:
-    """Sample once per held-out prompt: mean gold, learned reward, sequence KL to reference."""
-    n = envs.num_envs
-    gen = torch.Generator().manual_seed(seed)
-    gold, score, kl, eos, length = [], [], [], [], []
-    samples = []
-    if len(prompts) < n:
-        raise ValueError(f"need at least num_envs={n} evaluation prompts, got {len(prompts)}")
-    for s in range(0, len(prompts) - n + 1, n):  # whole batches of num_envs prompts
-        chunk = prompts[s:s + n]
-        ro = collect_rollout(envs, policy, chunk, max_new_tokens=max_new_tokens,
-                             temperature=temperature, generator=gen, pad_id=pad_id)
-        logp = response_logprobs(policy, ro, temperature)
-        logp_ref = response_logprobs(reference, ro, temperature)
-        kl.append(((logp - logp_ref) * ro.response_mask).sum(1))
-        gold.append(ro.gold)
-        score.append(ro.scores)
-        eos.append(ro.eos.float())
-        length.append(ro.response_mask.sum(1).float())
-        samples += list(zip(ro.prompts, ro.responses, ro.gold.tolist(), ro.scores.tolist()))
-    cat = torch.cat
-    return {"eval/gold_mean": cat(gold).mean().item(),
-            "eval/reward_mean": cat(score).mean().item(),
-            "eval/kl": cat(kl).mean().item(),
-            "eval/eos_rate": cat(eos).mean().item(),
-            "eval/response_length": cat(length).mean().item(),
-            "samples": samples}
-
-
-def eval_prompts(cfg: RunConfig) -> list[str]:
-    """The held-out prompts of a run (the same for the same seed)."""
-    return make_task(cfg.task).eval_prompts(max(cfg.eval_prompts, cfg.num_envs),
-                                            seed=cfg.seed + 100)
 
 
 # ---- the protocol and the loop ---------------------------------------------------------------
@@ -303,29 +319,30 @@ def run(algo: Algorithm, cfg: RunConfig, name: str) -> dict:
 
 def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> dict:
     checkpoints = Checkpoints(run_dir)
-    iteration, env_steps = 0, 0
+    iteration, env_steps, gradient_steps = 0, 0, 0
+
+    def count_step(*_) -> None:  # gradient steps are reported beside env steps
+        nonlocal gradient_steps
+        gradient_steps += 1
+
+    algo.optimizer.register_step_post_hook(count_step)
     if cfg.resume:
         latest = checkpoints.latest()
         if latest is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoints.root}")
         state = load_checkpoint(latest, algo)
         iteration, env_steps = state["iteration"], state["env_steps"]
+        gradient_steps = state.get("gradient_steps", 0)
         for group in algo.optimizer.param_groups:  # the config's, not the saved optimizer's
             group["lr"] = getattr(cfg, "learning_rate", group["lr"])
         print(f"resuming from {latest} (iteration {iteration}, {env_steps} env steps)")
     logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, resume=cfg.resume)
     logger.truncate(iteration)
     write_json(run_dir / "config.json", asdict(cfg))
-    prompts = eval_prompts(cfg)
-
-    def run_eval() -> dict:
-        s = algo.setup
-        return evaluate(algo.policy, s.reference, s.envs, prompts,
-                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        pad_id=s.tokenizer.pad_id, seed=cfg.seed + 200)
 
     def checkpoint() -> None:
         state = {"iteration": iteration, "env_steps": env_steps, "name": name,
+                 "gradient_steps": gradient_steps,
                  "prompt_rng": algo.setup.prompt_rng.bit_generator.state,
                  "algorithm": algo.state_dict()}
         checkpoints.save(iteration, lambda d: save_checkpoint(d, algo, state))
@@ -356,9 +373,10 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
             metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
             metrics["charts/tokens_per_second"] = steps / (time.perf_counter() - t_iter)
             metrics["charts/env_steps"] = env_steps
+            metrics["charts/gradient_steps"] = gradient_steps
             metrics["charts/wall_clock"] = time.perf_counter() - t_start
             if cfg.eval_every and iteration % cfg.eval_every == 0:
-                metrics.update({k: v for k, v in run_eval().items() if k != "samples"})
+                metrics.update(curve_evaluation(algo.policy, algo.setup, cfg))
             logger.log(iteration, metrics)
             bar.update(steps, gold=metrics.get("env/gold_mean", float("nan")),
                        reward=metrics.get("env/reward_mean", float("nan")),
@@ -374,10 +392,12 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
         bar.close()
         signal.signal(signal.SIGINT, old_handler)
         logger.close()
-    final = run_eval()
+    final = final_evaluation(algo.policy, algo.setup, cfg)
     final_metrics = {k: v for k, v in final.items() if k != "samples"}
     final_metrics["charts/env_steps"] = env_steps
+    final_metrics["charts/gradient_steps"] = gradient_steps
     final_metrics["charts/wall_clock"] = time.perf_counter() - t_start
+    final_metrics["charts/reward_scale"] = algo.setup.reward_scale
     write_json(run_dir / "final_eval.json", final_metrics)
     return {"final": final_metrics, "samples": final["samples"], "history": logger.rows,
             "run_dir": str(run_dir), "interrupted": interrupted, "iterations": iteration}

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
+from reward_models.degenerate import degenerate_suite, fraction_above
 from textenv.assets import ASSETS_DIR, load_policy, load_tokenizer
 from textenv.lm import generate_text
 from textenv.model import GPT
@@ -181,7 +182,7 @@ def evaluate_reward_model(rm, task, sft: GPT, tokenizer: Tokenizer, cfg: RMEvalC
         gacc, gn = gold_accuracy(scores, gold, cfg.min_gold_gap)
         out.update(rm_pairwise_accuracy_noisy=acc, rm_pairs_noisy=n,
                    rm_pairwise_accuracy_gold=gacc, rm_pairs_gold=gn)
-    prompts = task.eval_prompts(cfg.prompts, seed=cfg.seed)
+    prompts = (task.prompts("eval") * cfg.prompts)[:cfg.prompts]  # every eval prompt, cycled
     runs = {"sft": (sft, 1.0), "drift": (sft, cfg.drift_temperature), **(policies or {})}
     for i, (name, (policy, temperature)) in enumerate(runs.items()):
         responses = sample_policy(policy, tokenizer, prompts, temperature=temperature,
@@ -190,6 +191,15 @@ def evaluate_reward_model(rm, task, sft: GPT, tokenizer: Tokenizer, cfg: RMEvalC
         out[f"rm_spearman_gold_{name}"] = c["spearman"]
         out[f"rm_mean_score_{name}"] = c["rm_mean"]
         out[f"gold_mean_{name}"] = c["gold_mean"]
+    # Degenerate text (gold <= 0.2) on held-out prompts: how much of it does the reward
+    # score above the SFT mean (0 after calibration)? A policy would find and exploit it.
+    items = degenerate_suite(task, task.prompts("test"), np.random.default_rng(cfg.seed))
+    scores = rm.score([p for p, _, _ in items], [r for _, r, _ in items]).tolist()
+    above = fraction_above(items, scores, threshold=0.0)
+    out["rm_degenerate_above_sft_fraction"] = above["all"]
+    out["rm_degenerate_items"] = len(items)
+    out.update({f"rm_degenerate_above_sft_{kind}": v for kind, v in above.items()
+                if kind != "all"})
     return out
 
 

@@ -77,8 +77,10 @@ class RewardPipelineConfig:
     """Ranked groups on held-out EVAL-split prompts, for the reported accuracies."""
     labeler_temperature: float = 0.1
     """Bradley-Terry noise of the simulated labeler (0 = always orders by gold)."""
-    sample_temperature: float = 1.0
-    """Temperature of the SFT policy when sampling responses to rank."""
+    sample_temperatures: tuple[float, ...] = (1.0,)
+    """Temperatures of the SFT policy for the responses of a group (response j uses
+    entry j mod len): hotter samples show the reward model the degenerate text a policy
+    drifting under RL writes, ranked below the SFT-like ones."""
     calibration_samples: int = 1024
     """Fresh SFT samples (train-split prompts) for gain/bias: mean 0, std 1 on them."""
     train: RMTrainConfig = field(default_factory=RMTrainConfig)
@@ -88,16 +90,24 @@ class RewardPipelineConfig:
 
 
 def sample_groups(policy: GPT, tokenizer: Tokenizer, prompts: Sequence[str], k: int, *,
-                  max_new_tokens: int, temperature: float, seed: int) -> list[list[str]]:
-    """K responses per prompt from one batched generation: returns N lists of K strings."""
-    repeated = [p for p in prompts for _ in range(k)]  # (N*K,) each prompt K times in a row
-    flat = sample_policy(policy, tokenizer, repeated, max_new_tokens=max_new_tokens,
-                         temperature=temperature, seed=seed)
-    return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+                  max_new_tokens: int, temperatures: Sequence[float], seed: int
+                  ) -> list[list[str]]:
+    """K responses per prompt, response j at temperatures[j % len(temperatures)]: one
+    batched generation per temperature. Returns N lists of K strings."""
+    groups: list[list[str]] = [[""] * k for _ in prompts]
+    for t in dict.fromkeys(temperatures):
+        slots = [(i, j) for i in range(len(prompts)) for j in range(k)
+                 if temperatures[j % len(temperatures)] == t]
+        flat = sample_policy(policy, tokenizer, [prompts[i] for i, _ in slots],
+                             max_new_tokens=max_new_tokens, temperature=t, seed=seed)
+        for (i, j), response in zip(slots, flat):
+            groups[i][j] = response
+    return groups
 
 
 def make_rankings(policy: GPT, tokenizer: Tokenizer, task, n: int, k: int, *, split: str,
-                  labeler_temperature: float, seed: int, sample_temperature: float = 1.0
+                  labeler_temperature: float, seed: int,
+                  sample_temperatures: Sequence[float] = (1.0,)
                   ) -> list[RankedRecord]:
     """`n` simulated-labeler rankings of K policy samples for prompts of `split`."""
     if not MIN_RESPONSES <= k <= MAX_RESPONSES:
@@ -105,7 +115,7 @@ def make_rankings(policy: GPT, tokenizer: Tokenizer, task, n: int, k: int, *, sp
     rng = np.random.default_rng(seed)
     prompts = [task.sample_prompt(rng, split) for _ in range(n)]
     groups = sample_groups(policy, tokenizer, prompts, k, max_new_tokens=task.max_response_tokens,
-                           temperature=sample_temperature, seed=seed)
+                           temperatures=sample_temperatures, seed=seed)
     return label_rankings(prompts, groups, task.gold_score, labeler_temperature, rng)
 
 
@@ -135,7 +145,7 @@ def build_default_reward_model(sft: GPT, task, tokenizer: Tokenizer, out_dir: st
     t0 = time.perf_counter()
     train_records = make_rankings(sft, tokenizer, task, cfg.train_prompts, cfg.k, split="train",
                                   labeler_temperature=cfg.labeler_temperature, seed=seed,
-                                  sample_temperature=cfg.sample_temperature)
+                                  sample_temperatures=cfg.sample_temperatures)
     test_records = make_rankings(sft, tokenizer, task, cfg.test_prompts, cfg.k, split="eval",
                                  labeler_temperature=cfg.labeler_temperature, seed=seed + 1)
     data_seconds = time.perf_counter() - t0
@@ -183,10 +193,15 @@ def _jsonable(d):
 
 # ---- the whole default build: `textenv build-assets` -----------------------------------------
 def default_rm_config() -> RewardPipelineConfig:
-    """The shipped reward model's settings: 4000 ranked groups of K=4 SFT samples, 12 epochs
-    at lr 1e-3 (10x on the scalar head), mean-centring penalty 0.1."""
-    return RewardPipelineConfig(train_prompts=4000, train=RMTrainConfig(
-        epochs=12, lr=1e-3, batch_size=32, center_coef=0.1, head_lr_mult=10.0, patience=0))
+    """The shipped reward model's settings: 4000 ranked groups of K=6 SFT samples (three at
+    temperature 1, one each at 1.3, 1.6 and 2.0, so degenerate text is ranked too), 12
+    epochs at lr 1e-3 (10x on the scalar head), mean-centring penalty 0.1. Against K=4 at
+    temperature 1 on the same build: gold accuracy 0.767 vs 0.745, degenerate text above the
+    SFT mean 0.146 vs 0.244 (quality.json)."""
+    return RewardPipelineConfig(
+        k=6, sample_temperatures=(1.0, 1.0, 1.0, 1.3, 1.6, 2.0), train_prompts=4000,
+        train=RMTrainConfig(epochs=12, lr=1e-3, batch_size=32, center_coef=0.1,
+                            head_lr_mult=10.0, patience=0))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from textenv.model import GPT, GPTConfig
 from textenv.storage import Checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_prompts": 8, "eval_every": 1,
+TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_samples": 1, "eval_every": 1,
         "threads": 1, "progress": False, "tensorboard": False, "total_env_steps": 2 * 8 * 24}
 
 
@@ -101,7 +101,7 @@ def test_every_algorithm_runs_on_a_tiny_budget(algo, tmp_path):
 
 def _ppo_cmd(run_dir, extra=()):
     args = [f"--run-dir={run_dir}", "--num-envs=8", "--max-new-tokens=24", "--eval-every=0",
-            "--eval-prompts=8", "--threads=1", "--no-progress", "--no-tensorboard",
+            "--eval-samples=1", "--threads=1", "--no-progress", "--no-tensorboard",
             "--checkpoint-every=1", f"--total-env-steps={3 * 8 * 24}", *extra]
     return [sys.executable, str(ROOT / "scripts" / "train_ppo.py"), *args]
 
@@ -157,7 +157,7 @@ def test_non_finite_loss_stops_and_names_the_iteration(tmp_path, monkeypatch):
     assert Checkpoints(tmp_path / "nan").latest() is None
 
 
-SB3_TINY = ["--num-envs=8", "--max-new-tokens=24", "--eval-prompts=8", "--threads=1",
+SB3_TINY = ["--num-envs=8", "--max-new-tokens=24", "--eval-samples=1", "--threads=1",
             "--no-progress", "--no-tensorboard", "--n-envs=2", "--n-steps=16",
             "--batch-size=16", "--n-epochs=1", "--checkpoint-every=1"]
 
@@ -192,3 +192,38 @@ def test_sb3_runner_checkpoints_resumes_and_saves_on_ctrl_c(tmp_path):
     assert final["charts/env_steps"] == total
     rows = _metrics(run_dir)
     assert max(rows) == state["rollouts"] + 2
+
+
+def test_reward_scale_makes_beta_mean_the_same_for_every_reward():
+    """The env reward is divided by its std over SFT samples: about 1 for the calibrated
+    learned reward, about 3 for gold (std about 0.3)."""
+    from agents.ppo import PPOConfig
+    from agents.training import setup
+
+    scales = {}
+    for reward in ("learned", "gold"):
+        cfg = replace(PPOConfig(), reward=reward, num_envs=32, threads=1)
+        scales[reward] = setup(cfg).reward_scale
+    assert 0.7 < scales["learned"] < 1.4 and 2.0 < scales["gold"] < 6.0
+    off = setup(replace(PPOConfig(), normalize_reward=False, num_envs=8, threads=1))
+    assert off.reward_scale == 1.0
+
+
+def test_dr_grpo_and_reinforce_pp_math_by_hand():
+    from agents.core import aggregate_tokens
+    from agents.reinforce_pp import token_advantages
+
+    g = group_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), 2, scale=False)
+    assert torch.allclose(g, torch.tensor([-1.0, 1.0, 0.0, 0.0]))  # no std division
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    m = torch.tensor([[True, True, True], [True, False, False]])
+    assert aggregate_tokens(x, m, "token_mean").item() == pytest.approx(10 / 4)
+    assert aggregate_tokens(x, m, "sequence_mean").item() == pytest.approx((2 + 4) / 2)
+    assert aggregate_tokens(x, m, "constant", max_len=5).item() == pytest.approx(10 / 10)
+    # REINFORCE++: returns-to-go of -beta*KL per token + score at the end, then whitened
+    logp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -2.0], [-1.0, 0.0, 0.0]])
+    adv, kl = token_advantages(torch.tensor([1.0, 0.0]), logp, ref, m.float(), beta=0.1)
+    rtg = torch.tensor([[-0.05 + 0 + 0.9, 0 + 0.9, 0.9], [0.1, 0, 0]])  # rewards summed
+    want = (rtg - rtg[m].mean()) / rtg[m].std()
+    assert torch.allclose(adv[m], want[m], atol=1e-4) and (adv[~m] == 0).all()

@@ -61,6 +61,9 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     f, d = result["figures"], result["details"]
 
     _check_figures(f, bench.FIGURE_KEYS)
+    _check_figures(f, [k for k in bench.OPTIONAL_KEYS if k in f])
+    assert all(0 <= f[k] < 1 for k in bench.FRACTION_KEYS)
+    assert ("ppo_scoring_flop_utilisation_real_tokens" in f) == (d["reward"] == "learned")
     # The PPO phases split the whole iteration.
     parts = ("rollout_excl_scoring", "scoring", "reference", "old_logprobs", "advantages",
              "update")
@@ -95,6 +98,21 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     assert f["vector_vs_single_speedup"] == pytest.approx(f["vector_env_tokens_per_s_n64"]
                                                           / f["single_env_steps_per_s"])
     assert 0 < f["generation_flop_utilization"] < 1
+    # FLOP utilisation: against the matmul rate at the same thread count; counting all
+    # row-steps (padding, finished rows) never gives less than counting real tokens.
+    for key in (k for k in f if k.endswith("_flop_utilisation_real_tokens")):
+        rows = key.replace("real_tokens", "all_row_steps")
+        assert 0 < f[key] <= f.get(rows, f[key]) + 1e-12, key
+    for t in ("1t", "2t"):
+        assert (f[f"decode_flop_utilisation_all_row_steps_b256_{t}"]
+                >= f[f"decode_flop_utilisation_real_tokens_b256_{t}"])
+    assert f["decode_flop_utilisation_real_tokens_b256"] == \
+        f["decode_flop_utilisation_real_tokens_b256_1t"]  # --threads 1: the headline figure
+    if bench.hf_copy(bench.load_reference(ASSETS)) is None:
+        assert "decode_vs_hf_generate_ratio" not in f
+        assert d["hf_generate"].startswith("skipped: transformers")
+    else:
+        assert f["decode_vs_hf_generate_ratio"] > 0 and d["hf_max_logit_diff"] < 1e-4
 
     machine = result["machine"]
     assert set(bench.MACHINE_KEYS) <= set(machine)
@@ -111,7 +129,8 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
                   "rollout vs bare generation", "KV-cache speedup",
                   "reference + scoring fraction", "LM-PPO to gold target",
                   "generation FLOP utilisation", "machine", "design goal >= 0.9",
-                  "design goal >= 5"):
+                  "design goal >= 5", "decode FLOP utilisation", "prefill FLOP utilisation",
+                  "dead-row fraction", "Hugging Face generate", "(all row-steps)"):
         assert label in table, label
     assert "NOT met" not in table and "(met)" not in table  # states goals, no verdicts
 
@@ -127,6 +146,29 @@ def test_full_run_without_reward_model_skips_ppo_to_target(tmp_path):
     assert "LM-PPO to gold target" in bench.markdown_table(result)
 
 
+def test_hf_generated_tokens_counts_up_to_each_eos():
+    new = torch.tensor([[5, 6, 2, 0, 0], [5, 5, 5, 5, 5], [2, 0, 0, 0, 0]])  # eos = 2
+    assert bench.hf_generated_tokens(new, eos_id=2) == 3 + 5 + 1
+
+
+def test_hf_copy_computes_the_same_logits():
+    pytest.importorskip("transformers")
+    from textenv.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        model = GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                              bias=bias)).eval()
+        hf = bench.hf_copy(model)
+        ids = torch.randint(1, 17, (3, 6))
+        mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6, [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+        pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+        with torch.no_grad():
+            ours = model(ids, mask)
+            theirs = hf(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits
+        assert (ours - theirs)[mask].abs().max() < 1e-5
+
+
 def test_timed_reward_forwards_and_times():
     task = make_task("reviews")
     gold = GoldReward(task)
@@ -137,6 +179,8 @@ def test_timed_reward_forwards_and_times():
     responses = ["good <eos>", "bad", ""]
     assert list(timed(prompts, responses)) == list(gold(prompts, responses))
     assert timed.calls == 1 and timed.seconds > 0
+    lengths = [1 + len(p.split()) + len(r.split()) for p, r in zip(prompts, responses)]
+    assert timed.token_counts() == (3, sum(lengths), max(lengths))  # [bos] + prompt + response
     assert timed.rescore_in_one_batch() >= 0
     timed.reset()
     assert timed.calls == 0 and timed.seconds == 0
@@ -153,6 +197,7 @@ def test_timed_reward_forwards_and_times():
     assert timed.score_ids(ids, mask).tolist() == [3.0, 3.0]
     timed.score_ids(torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool))
     assert timed.calls == 2
+    assert timed.token_counts() == (3, 3 + 3 + 5, 5)
     assert timed.rescore_in_one_batch() >= 0  # pads the two batches to one width
 
 
@@ -162,7 +207,7 @@ def test_ppo_time_to_target_runs_train_in_a_subprocess():
     # of metrics.csv and the peak-RSS reading, not PPO's learning.
     figures, details = bench.ppo_time_to_target(
         str(ASSETS), target=-1.0, threads=1, eval_every=1, timeout=120,
-        overrides={"reward": "gold", "num_envs": 4, "max_new_tokens": 6, "eval_prompts": 4,
+        overrides={"reward": "gold", "num_envs": 4, "max_new_tokens": 6, "eval_samples": 1,
                    "total_env_steps": 100})
     assert "ppo_to_target_skipped" not in details, details.get("ppo_to_target_skipped")
     _check_figures(figures, bench.FULL_ONLY_KEYS)

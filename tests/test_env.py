@@ -72,6 +72,7 @@ def test_dict_observation_mask():
     assert obs["attention_mask"].sum() == n and obs["attention_mask"][:n].all()
     obs, *_ = env.step(env.tokenizer.pad_id)  # a <pad> action is still a real token
     assert obs["attention_mask"].sum() == n + 1 and obs["input_ids"][n] == env.tokenizer.pad_id
+    assert obs["prompt_mask"].sum() == n and obs["prompt_mask"][:n].all()  # the prompt ends
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -105,8 +106,8 @@ def test_unknown_names_list_valid_ones():
         make(observation_mode="pixels")
     with pytest.raises(ValueError, match="'ansi', 'human', 'rgb_array'"):
         make(render_mode="pixels")
-    with pytest.raises(ValueError, match="'train', 'eval'"):
-        make(prompt_split="test")
+    with pytest.raises(ValueError, match="'train', 'eval', 'test'"):
+        make(prompt_split="validation")
     with pytest.raises(ValueError, match="max_new_tokens"):
         make(max_new_tokens=0)
     with pytest.raises(ValueError, match="reward model's block_size"):
@@ -180,8 +181,9 @@ def test_options_prompt_and_eval_split():
     _, rewards, info = run_episode(env, env.tokenizer.encode(best), options={"prompt": prompt})
     assert info["prompt"] == prompt and info["response"] == best
     assert rewards[-1] == pytest.approx(1.0) == info["gold_score"]  # a perfect response
-    eval_env = make(prompt_split="eval")
-    assert all(eval_env.reset(seed=s)[1]["prompt"] in eval_env.task.eval_set for s in range(5))
+    for split in ("eval", "test"):
+        env = make(prompt_split=split)
+        assert all(env.reset(seed=s)[1]["prompt"] in env.task.prompts(split) for s in range(5))
 
 
 def test_reward_callable_gets_text():

@@ -146,20 +146,27 @@ def test_generate_shapes_eos_and_logprobs():
     assert (re[m] - lp[m]).abs().max() <= TOL
 
 
+def chain_model(next_token: dict[int, int]) -> GPT:
+    """A GPT whose greedy next token depends only on the current one: blocks add nothing,
+    embeddings are one-hot, and lm_head scores next_token[x] highest after x."""
+    model = tiny(n_embd=32, tie_embeddings=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("blocks.") and ("proj" in name or "mlp.2" in name):
+                p.zero_()  # each block's residual branch outputs 0
+        model.pos_emb.weight.zero_()
+        model.tok_emb.weight.copy_(torch.eye(17, 32))
+        model.lm_head.weight.zero_()
+        for x, y in next_token.items():
+            model.lm_head.weight[y, x] = 10.0
+    return model
+
+
 def test_generate_eos_then_pad():
-    # Stub the model so row 0 emits eos at step 1, row 1 at step 3.
-    model = tiny()
-    script = iter([[5, 6], [1, 7], [4, 8], [9, 1]])
-    orig = model.forward
-
-    def fake(*a, **kw):
-        logits = orig(*a, **kw)
-        toks = torch.tensor(next(script))
-        idx = toks[:, None, None].expand(-1, logits.shape[1], 1)
-        return torch.full_like(logits, -1e4).scatter(-1, idx, 0.0)
-
-    model.forward = fake
-    ids, mask = left_padded([2, 3], T=3)
+    # Row 0 (prompt ends in 2) emits eos at step 1, row 1 (ends in 3) at step 3.
+    model = chain_model({2: 5, 5: 1, 3: 6, 6: 7, 7: 8, 8: 1})
+    ids = torch.tensor([[0, 4, 2], [4, 4, 3]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     out = model.generate(ids, mask, 10, eos_id=1, pad_id=0, temperature=0.0)
     assert out["response_ids"].tolist() == [[5, 1, 0, 0], [6, 7, 8, 1]]
     assert out["response_mask"].tolist() == [[True, True, False, False], [True] * 4]

@@ -29,7 +29,7 @@ from textenv.model import GPT, GPTConfig
 from textenv.runlog import read_metrics_csv
 from textenv.storage import Checkpoints, RunDirLock, RunDirLocked, atomic_write
 
-TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_prompts": 8, "threads": 1,
+TINY = {"num_envs": 8, "max_new_tokens": 24, "eval_samples": 1, "threads": 1,
         "progress": False, "tensorboard": False}
 
 
@@ -142,7 +142,7 @@ train(tyro.cli(PPOConfig))
 
 def _driver_args(run_dir, resume=False):
     args = [f"--run-dir={run_dir}", "--num-envs=8", "--max-new-tokens=16", "--eval-every=3",
-            "--eval-prompts=8", "--threads=1", "--no-progress", "--no-tensorboard",
+            "--eval-samples=1", "--threads=1", "--no-progress", "--no-tensorboard",
             "--checkpoint-every=1", f"--total-env-steps={40 * 8 * 16}"]
     return [sys.executable, "-c", DRIVER, *args, *(["--resume"] if resume else [])]
 

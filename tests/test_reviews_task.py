@@ -47,7 +47,8 @@ def test_gold_score_in_unit_interval_on_random_text(task):
 
 def test_best_response_scores_at_least_09_on_every_eval_prompt(task):
     rng = np.random.default_rng(0)
-    scores = [task.gold_score(p, task.best_response(p, rng)) for p in task.eval_set]
+    scores = [task.gold_score(p, task.best_response(p, rng))
+              for p in task.prompts("eval") + task.prompts("test")]
     assert min(scores) >= 0.9
 
 
@@ -59,10 +60,22 @@ def test_demonstrations_are_imperfect_but_useful(task):
     assert (gold == 1.0).mean() > 0.1  # but some demos are perfect
 
 
-def test_eval_prompts_disjoint_from_training_prompts(task):
-    assert task.eval_set and task.train_set
-    assert not set(task.eval_set) & set(task.train_set)
-    assert set(task.eval_prompts(200)) <= set(task.eval_set)
+def test_splits_are_disjoint_and_test_instructions_are_never_trained_on(task):
+    """train / eval / test share no prompt; every eval prompt's instruction is trained on
+    (with another phrasing); no test instruction appears in train or eval."""
+    train, eval_, test = (task.prompts(s) for s in ("train", "eval", "test"))
+    assert train and eval_ and test
+    assert not (set(train) & set(eval_) or set(train) & set(test) or set(eval_) & set(test))
+
+    def instructions(prompts):
+        return {task.parse_prompt(p) for p in prompts}
+
+    assert instructions(eval_) <= instructions(train)
+    assert not instructions(test) & (instructions(train) | instructions(eval_))
+    rng = np.random.default_rng(0)
+    assert {task.sample_prompt(rng, "test") for _ in range(300)} <= set(test)
+    with pytest.raises(ValueError, match="'train', 'eval', 'test'"):
+        task.prompts("validation")
 
 
 def test_deterministic_under_a_seed(task):
@@ -73,19 +86,19 @@ def test_deterministic_under_a_seed(task):
 
     assert run(3) == run(3)
     assert run(3) != run(4)
-    assert task.eval_prompts(10, seed=1) == task.eval_prompts(10, seed=1)
+    assert task.prompts("eval") == type(task)().prompts("eval")
 
 
 def test_everything_the_task_writes_is_in_its_vocabulary(task):
     tok = WordTokenizer(task.vocabulary())
     rng = np.random.default_rng(0)
-    for p in task.train_set[:50] + task.eval_set[:50]:
+    for p in task.prompts("train")[:50] + task.prompts("test")[:50]:
         tok.encode(p)
         tok.encode(task.demonstration(p, rng))
         tok.encode(task.best_response(p, rng))
     for doc in task.corpus(100, rng):
         tok.encode(doc)
-    longest = max(len(p.split()) for p in task.train_set + task.eval_set)
+    longest = max(len(p.split()) for s in ("train", "eval", "test") for p in task.prompts(s))
     assert longest <= task.max_prompt_tokens
 
 

@@ -35,7 +35,7 @@ from textenv.tokenizer import Tokenizer
 
 OBSERVATION_MODES = ("box", "dict")
 RENDER_MODES = ("ansi", "human", "rgb_array")
-PROMPT_SPLITS = ("train", "eval")
+PROMPT_SPLITS = ("train", "eval", "test")
 
 
 @lru_cache(maxsize=8)
@@ -189,12 +189,16 @@ class EpisodeBatch:
 
     # ---- views ----
     def observations(self, mode: str) -> np.ndarray | dict[str, np.ndarray]:
-        """Fresh copies: (N, L) int64 ids, or a dict adding attention_mask (N, L) int64."""
+        """Fresh copies: (N, L) int64 ids, or a dict adding attention_mask (1 on every real
+        token: prompt and response, 0 on padding) and prompt_mask (1 on [bos] + prompt)."""
         ids = self.tokens.copy()
         if mode == "box":
             return ids
-        real = np.arange(self.seq_len)[None, :] < (self.prompt_len + self.resp_len)[:, None]
-        return {"input_ids": ids, "attention_mask": real.astype(np.int64)}
+        col = np.arange(self.seq_len)[None, :]  # (1, L)
+        real = col < (self.prompt_len + self.resp_len)[:, None]  # (N, L)
+        prompt = col < self.prompt_len[:, None]  # (N, L)
+        return {"input_ids": ids, "attention_mask": real.astype(np.int64),
+                "prompt_mask": prompt.astype(np.int64)}
 
     def text(self, i: int) -> str:
         response = self.tokenizer.decode(self.response_ids(i))
@@ -205,8 +209,8 @@ class EpisodeBatch:
         if mode == "box":
             return ids
         if mode == "dict":
-            return spaces.Dict({"input_ids": ids, "attention_mask": spaces.Box(
-                0, 1, shape=(self.seq_len,), dtype=np.int64)})
+            mask = spaces.Box(0, 1, shape=(self.seq_len,), dtype=np.int64)
+            return spaces.Dict({"input_ids": ids, "attention_mask": mask, "prompt_mask": mask})
         raise ValueError(f"unknown observation_mode {mode!r}; valid: "
                          f"{', '.join(map(repr, OBSERVATION_MODES))}")
 
@@ -231,11 +235,14 @@ class TextGenEnv(gym.Env):
     holding `[bos] + prompt ids + response ids so far`, right-padded with the tokenizer's
     pad id (the response starts right after the prompt, so its offset varies with the
     prompt's length). With `observation_mode="dict"`: `{"input_ids": that array,
-    "attention_mask": 1 for real tokens, 0 for padding}` (the mask also tells a `<pad>`
-    action apart from padding). Decoded text is in `info` and `render()`.
+    "attention_mask": 1 for real tokens, 0 for padding, "prompt_mask": 1 for [bos] +
+    prompt}`: the masks tell where the prompt ends and a `<pad>` action from padding.
+    Decoded text is in `info` and `render()`.
 
-    Action: `Discrete(vocab_size)`. Any token id is accepted (including special tokens;
-    `<bos>`/`<pad>` vanish from the decoded text); ids outside raise `ValueError`.
+    Action: `Discrete(vocab_size)`. Any token id is accepted (the env checkers sample at
+    random), but a policy should never emit `<pad>`, `<bos>` or `<unk>`: `<bos>`/`<pad>`
+    vanish from the decoded text and no task writes them (`textenv.decoding.PolicyDecoder`
+    masks them out). Ids outside the space raise `ValueError`.
 
     Episode: ends with `terminated=True` when the agent emits `<eos>` or the response reaches
     `max_new_tokens` (`info["eos"]` tells which); `truncated` is always False (left to an
@@ -260,7 +267,9 @@ class TextGenEnv(gym.Env):
         render_mode: `None` (default), `"ansi"` (`render()` returns the text so far),
             `"human"` (`render()` prints it) or `"rgb_array"` (the text drawn on an image,
             for video recorders; SB3's `make_vec_env` asks for it by default).
-        prompt_split: `"train"` (default) or `"eval"` (held-out prompts) for sampled prompts.
+        prompt_split: where sampled prompts come from: `"train"` (default), `"eval"` (held-out
+            prompts whose instruction was seen in training) or `"test"` (instructions never
+            seen by any training stage).
         assets_dir: directory with `tokenizer.json`, `sft.*` (the reference policy) and
             `reward.*` (the learned reward model). Default: the shipped `textenv/assets/`.
 

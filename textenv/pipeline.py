@@ -76,7 +76,7 @@ class SFTConfig:
 @dataclass
 class PolicyEvalConfig:
     prompts: int = 512
-    """Held-out prompts to sample (one response each)."""
+    """Responses to sample, cycling through the eval-split prompts."""
     temperature: float = 1.0
     """Sampling temperature."""
     seed: int = 1234
@@ -140,7 +140,7 @@ def supervised_finetune(base: GPT, task: Task, tokenizer: WordTokenizer, cfg: SF
 def evaluate_policy(model: GPT, task: Task, tokenizer: WordTokenizer, cfg: PolicyEvalConfig,
                     max_new_tokens: int | None = None) -> dict:
     """Mean gold score and EOS rate of samples on held-out prompts."""
-    prompts = task.eval_prompts(cfg.prompts, seed=cfg.seed)
+    prompts = (task.prompts("eval") * cfg.prompts)[:cfg.prompts]  # every eval prompt, cycled
     gen = torch.Generator().manual_seed(cfg.seed)
     responses = generate_text(model, tokenizer, prompts,
                               max_new_tokens=max_new_tokens or task.max_response_tokens,

@@ -40,8 +40,10 @@ class ReferenceTracker:
 
     `sync()` brings it up to date with whatever the env did since the last call, looking
     only at the env's public arrays: a row whose episode changed is prefilled; a row one
-    token longer feeds that token; a row unchanged feeds a masked pad. Anything else (e.g.
-    several steps without a sync) re-prefills every row, which is always correct.
+    token longer feeds that token; a row unchanged, or whose episode is over, feeds a masked
+    pad, which the model does not compute (its log-probs are meaningless until the row's
+    next episode). Anything else (e.g. several steps without a sync) re-prefills every row,
+    which is always correct. The batched 1-token forward takes the model's decoding path.
 
     Cache slots: all rows share the cache's positions. A partial reset writes the new
     prompts into the cache's last slots, with their old episodes masked out. Under

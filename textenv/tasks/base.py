@@ -24,11 +24,14 @@ class Task(Protocol):
     def vocabulary(self) -> list[str]:
         """Every word the task can write (without the special tokens)."""
 
-    def sample_prompt(self, rng: np.random.Generator, split: str = "train") -> str:
-        """A prompt from the `"train"` or held-out `"eval"` prompt set."""
+    def prompts(self, split: str = "train") -> list[str]:
+        """Every prompt of a split, in a fixed order. Splits: `"train"` (every training stage
+        draws from it: SFT demonstrations, reward-model data, RL prompts); `"eval"` (prompts
+        held out from training whose instruction was seen in training: in-distribution);
+        `"test"` (instructions never seen by any training stage: generalisation)."""
 
-    def eval_prompts(self, n: int, seed: int = 0) -> list[str]:
-        """`n` held-out prompts, the same for the same seed."""
+    def sample_prompt(self, rng: np.random.Generator, split: str = "train") -> str:
+        """A prompt of `split`, drawn with `rng`."""
 
     def demonstration(self, prompt: str, rng: np.random.Generator) -> str:
         """An imperfect human-style demonstration for `prompt` (ends with `<eos>`)."""

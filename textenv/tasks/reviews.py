@@ -23,19 +23,39 @@ words (mixed if they disagree).
 
 The gold score
 --------------
-`gold_score(prompt, response)` is the product of six components, each in [0, 1]:
+`gold_score(prompt, response)` is the product of seven components, each in [0, 1]
+(`gold_components` returns them by name). A sentence is the words up to a `.`; an
+unfinished last sentence never parses; words after `<eos>` are ignored.
 
-- grammar:    fraction of the response's sentences that parse under the grammar above
-              (number agreement, adjective class, a final `.`);
-- topic:      fraction of parsed sentences about the requested topic, times 0.6 when the
-              requested aspect is never mentioned;
-- sentiment:  fraction of parsed sentences with the requested sentiment;
+- grammar:    (fraction of the sentences that parse under the grammar above)², so number
+              agreement, adjective class, word order and the final `.` matter: word salad and
+              scrambled word order score 0, one bad sentence of three 0.44;
+- topic:      (fraction of the parsed sentences about the requested topic)²: 1 on topic,
+              0.25 when one of two sentences drifts to another topic, 0 all off topic
+              (a sentence mixing aspects of two topics is off topic);
+- aspect:     1 when a parsed sentence mentions the requested aspect, 0.15 when none does
+              (generic answers such as "overall the pizza was great ." included);
+- sentiment:  (fraction of the parsed sentences with the requested sentiment)²: a sentence
+              mixing positive and negative words counts as wrong; 0 all wrong;
 - length:     1 for the requested number of sentences (short 1, medium 2, long 3),
-              0.5 / 0.25 / 0.1 when off by 1 / 2 / more;
-- repetition: (distinct sentences / sentences) squared;
+              0.5 / 0.15 / 0.05 when off by 1 / 2 / 3 or more (rambling scores 0.05);
+- repetition: 0.2 ** (restatements). Every sentence says something about its aspects
+              ("i loved the plot", "the plot was clever and the music was moving"), or about
+              the topic as a whole ("overall the T was ...", "i would (not) recommend this
+              T", two different claims); an unparsed sentence is its own words. Saying
+              something about the same aspect or claim again is a restatement, whatever the
+              words: "i loved the plot . i liked the plot . i enjoyed the plot ." has two
+              (0.04), an exact duplicate sentence is one;
 - eos:        1 when the response ends with `<eos>`, 0.5 when it was cut off.
 
-A perfect response scores 1.0, and each kind of mistake lowers the score.
+A perfect response scores 1.0 and each kind of mistake lowers the score. The factors are
+set so that a degenerate response scores at most 0.2 however fluent the rest of it is: a
+single restatement (0.2), no requested aspect (0.15), two or more sentences too many or
+too few (0.15, 0.05), all sentences off topic or of the wrong sentiment (0), word salad or
+scrambled order (0), an empty response or `<eos>` alone (0, no sentence). One ordinary slip
+costs less: a sentence too many or too few 0.5, one off-topic sentence of three 0.44.
+tests/test_gold.py holds a hand-written suite of such responses.
+
 Demonstrations (the SFT data) follow the instruction imperfectly, like real labelers:
 they miss the length, drift off topic, mix the sentiment and forget the aspect at the
 rates in `DemoNoise`.
@@ -93,7 +113,11 @@ OPENERS = ["write a", "please write a", "give me a"]
 SENTIMENTS = ("positive", "negative")
 LENGTHS = {"short": 1, "medium": 2, "long": 3}
 POLARITY = {"positive": "pos", "negative": "neg"}
-LENGTH_FACTOR = {0: 1.0, 1: 0.5, 2: 0.25}  # |sentences - requested| -> factor; else 0.1
+LENGTH_FACTOR = {0: 1.0, 1: 0.5, 2: 0.15}  # |sentences - requested| -> factor
+LENGTH_FACTOR_FAR = 0.05  # ... when off by 3 or more (rambling)
+MISSING_ASPECT = 0.15  # the aspect factor when the requested aspect is never mentioned
+RESTATEMENT = 0.2  # the repetition factor, per restated aspect or claim
+CUT_OFF = 0.5  # the eos factor when the response was cut off (no `<eos>`)
 FUNCTION_WORDS = ["the", "was", "were", "and", "i", "overall", "would", "not", "recommend",
                   "this", ".", ",", ":", "write", "please", "give", "me", "a", "review",
                   "of", "about", "positive", "negative", *LENGTHS]
@@ -127,23 +151,31 @@ class ParsedSentence:
     aspects: tuple[str, ...]  # aspects mentioned
     topic: str  # topic the sentence is about
     polarity: str  # "pos" | "neg" | "mixed"
+    claims: tuple[str, ...] = ()  # for a sentence about the topic as a whole: "overall T"
+    # or "recommend T" (a sentence about aspects makes one claim per aspect)
 
 
 @dataclass
 class DemoNoise:
-    """How imperfectly the simulated labelers follow instructions in SFT demonstrations."""
+    """How imperfectly the simulated labelers follow instructions in SFT demonstrations.
 
-    wrong_length: float = 0.4
+    The rates are set so that the demonstrations' mean gold is about 0.59 (the SFT policy,
+    a small LM trained on them, lands lower: 0.36 on the eval split for the shipped build).
+    The writer itself never restates a claim (a new aspect per sentence); `repeat` adds the
+    restatements.
+    """
+
+    wrong_length: float = 0.35
     """Probability that a demo has one sentence more or fewer than asked."""
-    off_topic: float = 0.15
+    off_topic: float = 0.05
     """Per-sentence probability of drifting to an aspect of another topic."""
-    wrong_sentiment: float = 0.15
+    wrong_sentiment: float = 0.05
     """Per-sentence probability of the opposite sentiment."""
     ungrammatical: float = 0.05
     """Per-sentence probability of a number-agreement or adjective-class error."""
-    forget_aspect: float = 0.3
+    forget_aspect: float = 0.05
     """Probability of never mentioning the requested aspect."""
-    repeat: float = 0.08
+    repeat: float = 0.03
     """Probability of repeating a sentence."""
 
 
@@ -153,18 +185,39 @@ class ReviewsTask:
     name = "reviews"
     max_prompt_tokens = 14
     max_response_tokens = 40
-    eval_fraction = 0.2
+    test_fraction = 0.15
+    """Instruction combinations held out of every training stage (the `test` split)."""
+    eval_fraction = 0.5
+    """Of the other combinations, those with one phrasing held out (the `eval` split)."""
 
     def __init__(self, demo_noise: DemoNoise | None = None):
         self.demo_noise = demo_noise or DemoNoise()
         combos = [Instruction(s, t, a, ln) for s in SENTIMENTS for t in TOPICS
                   for a, _, _ in TOPICS[t] for ln in LENGTHS]
-        prompts = [(op, ins) for op in OPENERS for ins in combos]
-        # Held-out split by a stable hash of the prompt text: disjoint, same on every machine.
-        is_eval = [_stable_fraction(self._format(op, ins)) < self.eval_fraction
-                   for op, ins in prompts]
-        self.train_set = [self._format(op, ins) for (op, ins), e in zip(prompts, is_eval) if not e]
-        self.eval_set = [self._format(op, ins) for (op, ins), e in zip(prompts, is_eval) if e]
+        # Splits by a stable hash (disjoint, the same on every machine):
+        #   test  - every phrasing of 15% of the instruction combinations: never seen by SFT,
+        #           the reward model or RL, so it measures generalisation;
+        #   eval  - for half of the other combinations, one phrasing (opener) held out: the
+        #           instruction was seen in training, this prompt was not (in-distribution);
+        #   train - the rest.
+        self.splits: dict[str, list[str]] = {"train": [], "eval": [], "test": []}
+        for ins in combos:
+            key = f"{ins.sentiment} {ins.topic} {ins.aspect} {ins.length}"
+            if _stable_fraction("test " + key) < self.test_fraction:
+                self.splits["test"] += [self._format(op, ins) for op in OPENERS]
+                continue
+            held_out = None
+            if _stable_fraction("eval " + key) < self.eval_fraction:
+                held_out = OPENERS[int(_stable_fraction("opener " + key) * len(OPENERS))]
+            for op in OPENERS:
+                self.splits["eval" if op == held_out else "train"].append(self._format(op, ins))
+
+    def prompts(self, split: str = "train") -> list[str]:
+        """Every prompt of a split, in a fixed order."""
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; valid: "
+                             f"{', '.join(map(repr, self.splits))}")
+        return list(self.splits[split])
 
     # ---- vocabulary and prompts ------------------------------------------------------
     def vocabulary(self) -> list[str]:
@@ -200,14 +253,8 @@ class ReviewsTask:
         return ins
 
     def sample_prompt(self, rng: np.random.Generator, split: str = "train") -> str:
-        pool = {"train": self.train_set, "eval": self.eval_set}.get(split)
-        if pool is None:
-            raise ValueError(f"unknown split {split!r}; valid: 'train', 'eval'")
+        pool = self.prompts(split)
         return pool[int(rng.integers(len(pool)))]
-
-    def eval_prompts(self, n: int, seed: int = 0) -> list[str]:
-        rng = np.random.default_rng(seed)
-        return [self.sample_prompt(rng, "eval") for _ in range(n)]
 
     # ---- writing sentences ------------------------------------------------------------
     @staticmethod
@@ -254,14 +301,17 @@ class ReviewsTask:
         aspects = [a for a, _, _ in TOPICS[ins.topic]]
         mention = noise is None or rng.random() >= noise.forget_aspect
         sentences: list[str] = []
+        # Like a careful writer, every sentence makes a new claim: no aspect twice, at most
+        # one sentence about the topic as a whole (restating a claim costs gold).
+        unused = [a for a in aspects if a != ins.aspect]
+        whole_topic_said = False
         for k in range(n_sentences):
             if k == 0 and mention:
                 aspect: str | None = ins.aspect
-            elif rng.random() < 0.2:
-                aspect = None  # a sentence about the topic as a whole
+            elif (rng.random() < 0.2 and not whole_topic_said) or not unused:
+                aspect, whole_topic_said = None, True  # a sentence about the topic as a whole
             else:
-                choices = aspects if mention else [a for a in aspects if a != ins.aspect]
-                aspect = str(rng.choice(choices))
+                aspect = str(unused.pop(int(rng.integers(len(unused)))))
             topic, polarity, bad = ins.topic, ins.polarity, False
             if noise is not None:
                 if rng.random() < noise.off_topic:
@@ -355,16 +405,19 @@ class ReviewsTask:
         if n == 5 and words[:2] == ["overall", "the"] and words[2] in TOPICS and words[3] == "was":
             info = ADJ_INFO.get(words[4])
             if info and info[0] == "general":
-                return ParsedSentence((), words[2], info[1])
+                return ParsedSentence((), words[2], info[1], (f"overall {words[2]}",))
         # i would (not) recommend this T
         if words[:2] == ["i", "would"] and n in (5, 6) and words[-3:-1] == ["recommend", "this"] \
                 and words[-1] in TOPICS and (n == 5 or words[2] == "not"):
-            return ParsedSentence((), words[-1], "neg" if n == 6 else "pos")
+            return ParsedSentence((), words[-1], "neg" if n == 6 else "pos",
+                                  (f"recommend {words[-1]}",))
         return None
 
-    def gold_components(self, prompt: str, response: str) -> dict[str, float]:
-        """The six components of the gold score (see the module docstring)."""
-        ins = self.parse_prompt(prompt)
+    @staticmethod
+    def split_response(response: str) -> tuple[list[list[str]], bool]:
+        """The response's sentences (word lists without the final '.') and whether it was
+        terminated by `<eos>`. Words after `<eos>` are ignored; an unfinished last sentence
+        is kept with the marker word `<unfinished>` (so it never parses)."""
         words = response.split()
         eos = EOS_WORD in words
         if eos:
@@ -379,24 +432,36 @@ class ReviewsTask:
                 current.append(w)
         if current:  # an unfinished sentence is an ungrammatical one
             sentences.append(current + ["<unfinished>"])
+        return sentences, eos
+
+    def gold_components(self, prompt: str, response: str) -> dict[str, float]:
+        """The seven components of the gold score, each in [0, 1] (see the module docstring)."""
+        ins = self.parse_prompt(prompt)
+        sentences, eos = self.split_response(response)
         parsed = [self.parse_sentence(s) for s in sentences]
         good = [p for p in parsed if p is not None]
         n = len(sentences)
-        grammar = len(good) / n if n else 0.0
+        grammar = (len(good) / n) ** 2 if n else 0.0
         if good:
-            topic = sum(p.topic == ins.topic for p in good) / len(good)
-            if not any(ins.aspect in p.aspects for p in good):
-                topic *= 0.6
-            sentiment = sum(p.polarity == ins.polarity for p in good) / len(good)
+            topic = (sum(p.topic == ins.topic for p in good) / len(good)) ** 2
+            sentiment = (sum(p.polarity == ins.polarity for p in good) / len(good)) ** 2
         else:
             topic = sentiment = 0.0
-        length = LENGTH_FACTOR.get(abs(n - ins.n_sentences), 0.1)
-        repetition = (len({tuple(s) for s in sentences}) / n) ** 2 if n else 0.0
-        return {"grammar": grammar, "topic": topic, "sentiment": sentiment, "length": length,
-                "repetition": repetition, "eos": 1.0 if eos else 0.5}
+        aspect = 1.0 if any(ins.aspect in p.aspects for p in good) else MISSING_ASPECT
+        length = LENGTH_FACTOR.get(abs(n - ins.n_sentences), LENGTH_FACTOR_FAR)
+        # What each sentence says something about: its aspects, "overall T", "recommend T";
+        # an unparsed sentence, its own words. Saying it again is a restatement.
+        claims = [c for s, p in zip(sentences, parsed)
+                  for c in ((p.aspects or p.claims) if p is not None else (tuple(s),))]
+        repetition = RESTATEMENT ** (len(claims) - len(set(claims)))
+        return {"grammar": grammar, "topic": topic, "aspect": aspect, "sentiment": sentiment,
+                "length": length, "repetition": repetition, "eos": 1.0 if eos else CUT_OFF}
 
     def gold_score(self, prompt: str, response: str) -> float:
-        return float(np.prod(list(self.gold_components(prompt, response).values())))
+        score = 1.0
+        for value in self.gold_components(prompt, response).values():
+            score *= value
+        return score
 
 
 def _stable_fraction(text: str) -> float:

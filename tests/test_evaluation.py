@@ -1,0 +1,176 @@
+"""The evaluation protocol: the fixed evaluation, best-of-n under the budget, the statistics
+of a comparison, the comparison harness with a user's agent, and KV-cache decoding from
+observations (the public API such an agent uses)."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import textenv
+from agents import analysis
+from agents.best_of_n import BestOfNConfig, analytic_kl
+from agents.best_of_n import train as best_of_n
+from agents.compare import CompareConfig, entries
+from agents.compare import main as compare
+from agents.evaluation import EvalSet, Evaluator, win_rate
+from agents.training import shared_evaluator
+from textenv.assets import ASSETS_DIR, load_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return shared_evaluator(str(ASSETS_DIR.resolve()), "reviews", 24, 1.0)
+
+
+def test_eval_set_is_every_prompt_of_the_split_k_times():
+    task = textenv.TextGenEnv(reward="gold").task
+    slots = EvalSet("test", 3).slots(task)
+    assert len(slots) == 3 * len(task.prompts("test"))
+    assert slots[:3] == [task.prompts("test")[0]] * 3
+
+
+def test_fixed_evaluation_is_the_same_for_every_run(evaluator):
+    """Same slots, same sampling seed: two evaluators give identical samples, and the
+    reference against itself wins exactly half the time (every slot a tie)."""
+    ref = evaluator.reference
+    a = evaluator(ref, EvalSet("eval", 1))
+    other = Evaluator(load_reference(ASSETS_DIR), max_new_tokens=24)
+    b = other(other.reference, EvalSet("eval", 1))
+    assert a["samples"] == b["samples"]
+    assert a["eval/win_rate"] == 0.5 and a["eval/samples"] == len(a["samples"])
+    for key in ("gold", "reward", "kl", "response_length", "eos_rate"):
+        assert math.isfinite(a[f"eval/{key}_se"]) and a[f"eval/{key}_se"] >= 0
+    assert abs(a["eval/kl"]) < 1e-4  # the reference against itself
+
+
+def test_win_rate_by_hand():
+    rate, low, high = win_rate(np.array([1.0, 0.5, 0.2, 0.2]), np.array([0.0, 0.5, 0.9, 0.2]))
+    assert rate == pytest.approx((1 + 0.5 + 0 + 0.5) / 4) and low <= rate <= high
+
+
+def test_evaluation_reports_the_learned_reward_when_training_on_gold(tmp_path):
+    from agents.reinforce import ReinforceConfig, train
+
+    cfg = replace(ReinforceConfig(), run_dir=str(tmp_path), reward="gold", num_envs=8,
+                  max_new_tokens=24, total_env_steps=200, eval_samples=1, threads=1,
+                  progress=False, tensorboard=False)
+    final = train(cfg)["final"]
+    for split in ("eval", "test"):
+        assert 0 <= final[f"{split}/gold_mean"] <= 1
+        assert final[f"{split}/reward_mean"] != final[f"{split}/gold_mean"]  # the learned one
+        assert 0 <= final[f"{split}/win_rate_ci_low"] <= final[f"{split}/win_rate"] <= 1
+    assert final["charts/gradient_steps"] >= 1
+
+
+def test_best_of_n_spends_the_budget_and_no_more(tmp_path):
+    cfg = replace(BestOfNConfig(), run_dir=str(tmp_path), n=16, total_env_steps=3000,
+                  eval_samples=1, max_new_tokens=24, threads=1)
+    result = best_of_n(cfg)
+    final, curve = result["final"], result["curve"]
+    n = int(final["eval/best_of_n"])
+    assert 1 < n < 16  # the budget, not n, stopped it
+    per_round = final["charts/env_steps"] / n
+    assert final["charts/env_steps"] <= cfg.total_env_steps + per_round * 0.5
+    assert final["eval/kl"] == pytest.approx(analytic_kl(n))
+    assert [p["n"] for p in curve] == list(range(1, n + 1))
+    assert curve[-1]["gold"] == pytest.approx(final["eval/gold_mean"])
+
+
+# ---- statistics ------------------------------------------------------------------------------
+def test_gold_at_kl_and_frontier_by_hand():
+    curve = [(0.0, 0.3), (1.0, 0.5), (3.0, 0.6), (2.0, 0.4)]
+    assert analysis.gold_at_kl(curve, 0.5) == pytest.approx(0.4)
+    assert analysis.gold_at_kl(curve, 2.0) == pytest.approx(0.55)  # the first crossing
+    assert math.isnan(analysis.gold_at_kl(curve, 4.0))  # never reached
+    # frontier: 0.3 on [0, 1), 0.5 on [1, 3), 0.6 on [3, 4]
+    assert analysis.frontier_auc(curve, 4.0, points=4001) == pytest.approx(
+        (0.3 * 1 + 0.5 * 2 + 0.6 * 1) / 4, abs=1e-3)
+
+
+def test_gao_fits_recover_known_coefficients():
+    d = np.linspace(0.1, 3.0, 30)
+    bon = [np.stack([d, d * (0.8 - 0.1 * d)], 1)]
+    rl = [np.stack([d, d * (0.5 - 0.2 * np.log(d))], 1)]
+    assert analysis.fit_bon(*bon[0].T) == pytest.approx((0.8, 0.1))
+    assert analysis.fit_rl(*rl[0].T) == pytest.approx((0.5, 0.2))
+    fit = analysis.fit_with_ci(bon * 3, "bon", reps=50)
+    assert fit["alpha_ci_low"] <= fit["alpha"] <= fit["alpha_ci_high"]
+
+
+def test_rliable_aggregates_and_probability_of_improvement():
+    rng = np.random.default_rng(0)
+    scores = {"good": rng.normal(0.7, 0.02, (10, 1)), "bad": rng.normal(0.5, 0.02, (10, 1))}
+    agg = analysis.aggregate(scores, reps=500)
+    assert agg["good"]["iqm_ci_low"] <= agg["good"]["iqm"] <= agg["good"]["iqm_ci_high"]
+    assert agg["good"]["iqm_ci_low"] > agg["bad"]["iqm_ci_high"]
+    assert agg["good"]["std"] == pytest.approx(scores["good"].std(ddof=1))
+    poi = {(p["x"], p["y"]): p for p in analysis.probability_of_improvement(scores, reps=500)}
+    assert poi["good", "bad"]["p"] == 1.0 and poi["bad", "good"]["p"] == 0.0
+
+
+# ---- the harness -----------------------------------------------------------------------------
+def test_overrides_and_algorithm_names_are_checked():
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo2'"):
+        entries(CompareConfig(algos=("ppo2",), set=()))
+    with pytest.raises(ValueError, match="has no field 'lr'"):
+        entries(CompareConfig(algos=("ppo",), set=("ppo.lr=1",)))
+    (e,) = entries(CompareConfig(algos=("fast=ppo",), set=("fast.learning_rate=3e-4",
+                                                           "fast.adaptive_kl=false")))
+    assert e.overrides == {"learning_rate": 3e-4, "adaptive_kl": False}
+
+
+def test_comparison_with_a_user_agent_writes_the_report(tmp_path):
+    agent = str(ROOT / "examples" / "reinforce_minimal.py")
+    cfg = CompareConfig(algos=("reinforce", "best-of-n", agent), set=(), seeds=2,
+                        total_env_steps=600, eval_samples=1, eval_every=1, threads=1,
+                        bootstrap_reps=200, gao_n=4,
+                        out_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))
+    compare(cfg)
+    report = json.loads((tmp_path / "results" / "comparison.json").read_text())
+    rows = report["tasks"]["reviews"]["algorithms"]
+    assert set(rows) == {"reinforce", "best-of-n", "reinforce_minimal"}
+    for row in rows.values():
+        assert row["iqm_ci_low"] <= row["iqm"] <= row["iqm_ci_high"]
+        assert set(row["gold_at_kl"]) == {"1", "2", "4"} and row["seeds"] == [1, 2]
+    pairs = report["tasks"]["reviews"]["probability_of_improvement"]
+    assert len(pairs) == 6 and all(0 <= p["ci_low"] <= p["p"] <= p["ci_high"] <= 1
+                                   for p in pairs)
+    for name in ("comparison.md", "runs.csv", "learning_curves.png", "frontier.png",
+                 "performance_profiles.png", "probability_of_improvement.png",
+                 "overoptimization.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+
+
+# ---- decoding from observations ----------------------------------------------------------------
+def test_policy_decoder_matches_the_full_forward_across_autoresets():
+    envs = gym.make_vec("TextGen-v0", num_envs=3, reward="gold", max_new_tokens=5,
+                        observation_mode="dict", vectorization_mode="vector_entry_point")
+    policy = textenv.load_policy()
+    decoder = textenv.PolicyDecoder(policy, num_envs=3)
+    obs, _ = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    resets = 0
+    for _ in range(30):
+        logits = decoder.next_logits(obs)  # (3, V)
+        ids = torch.as_tensor(obs["input_ids"])
+        mask = torch.as_tensor(obs["attention_mask"]).bool()
+        with torch.no_grad():
+            full = policy(ids, mask)  # (3, L, V)
+        last = mask.sum(1) - 1
+        want = full[torch.arange(3), last]
+        want[:, [0, 1, 3]] = float("-inf")  # <pad>, <bos>, <unk> are never emitted
+        torch.testing.assert_close(logits, want, atol=1e-4, rtol=0)
+        assert decoder.next_logits(obs) is not None  # a second call changes nothing
+        actions = rng.integers(4, envs.single_action_space.n, 3)
+        actions[rng.random(3) < 0.3] = envs.unwrapped.tokenizer.eos_id
+        obs, _, terminated, _, _ = envs.step(actions)
+        resets += int(terminated.sum())
+    assert resets >= 5
