@@ -6,10 +6,11 @@ the reference has a closed form (Stiennon et al. 2020; Gao et al. 2022):
 
     KL(best-of-n || pi_ref) = log n - (n - 1) / n
 
-Its cost is the n responses per slot of the eval split: every generated token counts as an
-env step, as for the trained methods, and n grows one round at a time (one more candidate
-per slot) until the budget `total_env_steps` or `n` is reached; the test split then uses
-the same n. The rounds also give the whole
+Its cost is the n - 1 extra responses per slot of the eval split (the first is the
+evaluation sample every method gets): every extra generated token counts as an env step,
+as the trained methods' training tokens do, and n grows one round at a time (one more
+candidate per slot) until the budget `total_env_steps` or `n` is reached; the test split
+then uses the same n. The rounds also give the whole
 best-of-k curve for k = 1..n (`best_of_n_curve`), which the over-optimisation fit uses.
 """
 
@@ -46,10 +47,11 @@ def best_of_n(evaluator, eval_set: EvalSet, n: int, select_by: str, budget: floa
     every seed), round r > 0 samples every slot once more with a seed of its own. Returns
     the chosen per-slot arrays, the rounds used, the tokens generated and the best-of-k
     curve."""
-    rounds, tokens = [], 0
+    rounds, tokens, first = [], 0.0, 0.0
     while len(rounds) < n:
-        per_round = tokens / len(rounds) if rounds else 0.0
-        if rounds and tokens + per_round > budget:
+        # Round 0 is the evaluation every method gets for free; the extra candidates are
+        # what best-of-n spends instead of training: they must fit in the budget.
+        if rounds and (tokens - first) + tokens / len(rounds) > budget:
             break  # the next round would overspend the budget
         r = len(rounds)
         candidate = evaluator.sample(evaluator.reference, EvalSet(
@@ -57,6 +59,7 @@ def best_of_n(evaluator, eval_set: EvalSet, n: int, select_by: str, budget: floa
             seed=eval_set.seed + (1000 * seed + r if r else 0)))
         rounds.append(candidate)
         tokens += float(candidate["length"].sum())
+        first = first or tokens
     stacked = {key: np.stack([r[key] for r in rounds])  # (n, S) each
                for key in ("gold", "reward", "length", "eos")}
     score, slots = stacked[select_by], np.arange(len(rounds[0]["gold"]))
@@ -70,7 +73,7 @@ def best_of_n(evaluator, eval_set: EvalSet, n: int, select_by: str, budget: floa
     chosen = {key: values[best, slots] for key, values in stacked.items()}
     chosen["kl"] = np.full(len(slots), analytic_kl(len(rounds)))
     chosen["samples"] = [rounds[b]["samples"][i] for i, b in enumerate(best)]
-    return {"per_slot": chosen, "n": len(rounds), "tokens": tokens, "curve": curve,
+    return {"per_slot": chosen, "n": len(rounds), "tokens": tokens - first, "curve": curve,
             "candidates": {"gold": stacked["gold"], "reward": stacked["reward"]}}  # (n, S)
 
 

@@ -70,11 +70,11 @@ class CompareConfig:
     set: tuple[str, ...] = ("ppo-no-kl.init_kl_coef=0", "ppo-no-kl.adaptive_kl=False")
     """Per-algorithm overrides LABEL.FIELD=VALUE (the default makes ppo-no-kl: LM-PPO
     without a KL penalty, which reaches the large KL the over-optimisation fit needs)."""
-    seeds: int = 10
+    seeds: int = 20
     """Seeds per algorithm and task (1..seeds)."""
     tasks: tuple[str, ...] = ("reviews",)
     """Tasks to run every algorithm on."""
-    total_env_steps: int = 20_000
+    total_env_steps: int = 10_000
     """The budget of every run, in env steps (generated tokens)."""
     reward: str = "learned"
     """Training reward of every run ("learned", "gold", "ensemble")."""
@@ -84,7 +84,7 @@ class CompareConfig:
     """Curve evaluations every this many iterations (points of the gold-vs-KL curves)."""
     eval_samples: int = 4
     """Samples per prompt of the final fixed evaluation."""
-    kl_points: tuple[float, ...] = (1.0, 2.0, 4.0)
+    kl_points: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     """KL values (nats) at which gold is read along each run."""
     overoptimization: tuple[str, ...] = ("ppo-no-kl",)
     """Algorithms whose gold-vs-KL curves feed the fit of R_RL(d)."""
@@ -366,7 +366,9 @@ def markdown(report: dict) -> str:
              f"training reward `{cfg['reward']}`; final evaluation: every prompt of the eval "
              f"and test splits x {cfg['eval_samples']} samples (the same slots and sampling "
              f"seed for every run). Intervals are 95%: stratified bootstrap (rliable) for "
-             f"IQM/mean/median; mean ± 1.96 SE over seeds for the KL-matched columns.", ""]
+             f"IQM/mean/median (rliable's median is over tasks of the per-task mean: with one "
+             f"task it equals the mean); mean ± 1.96 SE over seeds for the KL-matched "
+             f"columns.", ""]
     for task, t in report["tasks"].items():
         rows = t["algorithms"]
         kls = list(next(iter(rows.values()))["gold_at_kl"])

@@ -10,6 +10,27 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from textenv.storage import atomic_write  # noqa: E402
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str = "") -> Path:
+    """Label, grid and legend one axes, then write the figure atomically as PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
 
 def _curve(histories: list[list[dict]], key: str):
     """Mean and std over seeds of `key` against env steps (rows without the key skipped)."""
@@ -29,8 +50,6 @@ def _curve(histories: list[list[dict]], key: str):
 def plot_learning_curves(runs: dict[str, list[list[dict]]], path: str | Path,
                          title: str = "", keys=("env/gold_mean", "env/reward_mean")) -> Path:
     """One panel per metric; one line (mean ± std over seeds) per algorithm."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     labels = {"env/gold_mean": "gold score (ground truth)",
               "env/reward_mean": "learned reward (reward model)",
               "objective/kl": "KL to reference (nats)"}
@@ -50,18 +69,13 @@ def plot_learning_curves(runs: dict[str, list[list[dict]]], path: str | Path,
     axes[0].legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_frontier(points: dict[str, list[tuple[float, float]]], path: str | Path,
                   title: str = "Gold score against KL to the reference") -> Path:
     """Gao et al. (2022): gold score as a function of KL(policy || reference).
     `points[name]` = [(kl, gold), ...] e.g. every evaluation of every seed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, pts in points.items():
         if not pts:
@@ -69,15 +83,8 @@ def plot_frontier(points: dict[str, list[tuple[float, float]]], path: str | Path
         kl, gold = np.array(pts).T
         # Points, not a line: they come from several seeds and evaluations, in no order.
         ax.scatter(np.sqrt(np.maximum(kl, 0)), gold, s=14, label=name, alpha=0.7)
-    ax.set_xlabel("sqrt KL(policy || reference)  (sqrt nats)")
-    ax.set_ylabel("gold score")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "sqrt KL(policy || reference)  (sqrt nats)", "gold score",
+                   title)
 
 
 def plot_frontier_with_ci(curves: dict[str, list[list[tuple[float, float]]]], path: str | Path,
@@ -88,8 +95,6 @@ def plot_frontier_with_ci(curves: dict[str, list[list[tuple[float, float]]]], pa
     there, against sqrt(KL)."""
     from agents.analysis import gold_at_kl
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     xs = np.linspace(0.0, kl_max, 41)
     for name, runs in curves.items():
@@ -103,15 +108,8 @@ def plot_frontier_with_ci(curves: dict[str, list[list[tuple[float, float]]]], pa
         x = np.sqrt(xs[keep])
         ax.plot(x, mean, label=name)
         ax.fill_between(x, mean - half, mean + half, alpha=0.2)
-    ax.set_xlabel("sqrt KL(policy || reference)  (sqrt nats)")
-    ax.set_ylabel("gold score")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "sqrt KL(policy || reference)  (sqrt nats)", "gold score",
+                   title)
 
 
 def plot_performance_profiles(scores: dict[str, np.ndarray], path: str | Path,
@@ -119,29 +117,19 @@ def plot_performance_profiles(scores: dict[str, np.ndarray], path: str | Path,
     """rliable's performance profiles: the fraction of runs whose final gold exceeds tau."""
     from agents.analysis import performance_profiles
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    taus = np.linspace(0.0, 1.0, 101)
+    every = np.concatenate([v.ravel() for v in scores.values()])
+    taus = np.linspace(every.min() - 0.02, every.max() + 0.02, 101)  # where the runs differ
     profiles, cis = performance_profiles(scores, taus, reps)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, profile in profiles.items():
         ax.plot(taus, profile, label=name)
         ax.fill_between(taus, cis[name][0], cis[name][1], alpha=0.2)
-    ax.set_xlabel("gold score tau")
-    ax.set_ylabel("fraction of runs with final gold > tau")
-    ax.set_title("Performance profiles (95% bootstrap intervals)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "gold score tau", "fraction of runs with final gold > tau",
+                   "Performance profiles (95% bootstrap intervals)")
 
 
 def plot_probability_of_improvement(pairs: list[dict], path: str | Path) -> Path:
     """P(X > Y) with its 95% interval for every ordered pair, one row each."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(pairs) + 1.2))
     for i, p in enumerate(pairs):
         ax.plot([p["ci_low"], p["ci_high"]], [i, i], color="tab:blue", lw=4, alpha=0.5)
@@ -151,10 +139,7 @@ def plot_probability_of_improvement(pairs: list[dict], path: str | Path) -> Path
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability of improvement (final gold)")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gao_fits(task_runs: list[dict], task_report: dict, cfg_overoptimization, path) -> Path:
@@ -163,8 +148,6 @@ def plot_gao_fits(task_runs: list[dict], task_report: dict, cfg_overoptimization
     for gold and for the learned (proxy) reward."""
     from agents.analysis import gao_curve
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     over = task_report["overoptimization"]
     fits, bon = over["fits"], np.array(over["bon_points"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -192,7 +175,4 @@ def plot_gao_fits(task_runs: list[dict], task_report: dict, cfg_overoptimization
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Over-optimisation (Gao et al. 2022 functional forms)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from gymnasium.vector import VectorEnv, VectorWrapper
 
 from textenv.assets import check_vocab, load_reference
+from textenv.decoding import IncrementalDecoder
 from textenv.env import EpisodeBatch
-from textenv.model import GPT, KVCache
+from textenv.model import GPT
 
 ACTION_MASK_MODES = ("top_k", "top_p")
 
@@ -43,12 +44,9 @@ class ReferenceTracker:
     token longer feeds that token; a row unchanged, or whose episode is over, feeds a masked
     pad, which the model does not compute (its log-probs are meaningless until the row's
     next episode). Anything else (e.g. several steps without a sync) re-prefills every row,
-    which is always correct. The batched 1-token forward takes the model's decoding path.
-
-    Cache slots: all rows share the cache's positions. A partial reset writes the new
-    prompts into the cache's last slots, with their old episodes masked out. Under
-    continuous autoresets the cache fills after about max_new_tokens steps; the batch is
-    then re-prefilled from its current tokens (one forward over up to (N, L) tokens).
+    which is always correct. The KV cache and its slots are `textenv.decoding.
+    IncrementalDecoder`'s: under continuous autoresets the cache fills after about
+    max_new_tokens steps, and the batch is then re-prefilled from its current tokens.
     """
 
     def __init__(self, core: EpisodeBatch, reference: GPT):
@@ -59,14 +57,16 @@ class ReferenceTracker:
                 f"than 1 + max_prompt_tokens + max_new_tokens = {core.seq_len}; lower "
                 f"max_new_tokens")
         self.core, self.reference = core, reference
-        dtype = next(reference.parameters()).dtype
         # A full prefill takes <= L slots and every step adds one; a partial reset reuses
         # the last slots; past L + max_new_tokens the batch is re-prefilled.
-        self.cache = KVCache(reference.config, core.n, core.seq_len + core.max_new_tokens,
-                             dtype=dtype)
+        self.decoder = IncrementalDecoder(reference, core.n, core.seq_len + core.max_new_tokens)
         self.next_logp: torch.Tensor | None = None  # (N, V)
         self._episode = np.zeros(core.n, dtype=np.int64)  # (N,) episode_id at the last sync
         self._total = np.zeros(core.n, dtype=np.int64)  # (N,) tokens per row at the last sync
+
+    @property
+    def cache(self):
+        return self.decoder.cache
 
     @torch.no_grad()
     def sync(self) -> torch.Tensor:
@@ -81,51 +81,12 @@ class ReferenceTracker:
         self._episode, self._total = core.episode_id.copy(), total
         if not (~core.done).any():
             return self.next_logp  # every row is over: nothing will be stepped before a reset
-        cache = self.cache
-        prompt_width = int(total[new_episode].max()) if new_episode.any() else 0
-        if (self.next_logp is None or new_episode.all() or not (grew | same | new_episode).all()
-                or cache.length + 1 > cache.max_len or cache.length + 1 < prompt_width):
-            ids, mask = self._left_padded(np.arange(core.n))  # (N, W)
-            cache.reset()
-            logits = self.reference(torch.from_numpy(ids), torch.from_numpy(mask),
-                                    kv_cache=cache)[:, -1]  # (N, V) the last column is real
-            self.next_logp = F.log_softmax(logits.float(), dim=-1)
-            return self.next_logp
-        rows = np.arange(core.n)
-        last = core.tokens[rows, np.maximum(total - 1, 0)]  # (N,)
-        feed = grew & ~core.done  # (N,) a finished row's last token is never looked at
-        last = np.where(feed, last, core.pad_id)
-        logits = self.reference(torch.from_numpy(last)[:, None],
-                                torch.from_numpy(feed)[:, None], kv_cache=cache)[:, -1]
-        if new_episode.any():
-            r = np.flatnonzero(new_episode)
-            rt = torch.from_numpy(r)
-            ids, mask = self._left_padded(r)  # (R, P) the new episodes' tokens
-            fresh = KVCache(self.reference.config, len(r), ids.shape[1], dtype=cache.k.dtype)
-            logits[rt] = self.reference(torch.from_numpy(ids), torch.from_numpy(mask),
-                                        kv_cache=fresh)[:, -1]  # (R, V)
-            # The new tokens take the cache's last P slots (their causal order is kept); the
-            # old episode's slots are masked out. Positions restart from the prompt's length.
-            P, L = ids.shape[1], cache.length
-            cache.k[:, rt, :, L - P:L] = fresh.k  # (n_layer, R, H, P, D)
-            cache.v[:, rt, :, L - P:L] = fresh.v
-            cache.key_mask[rt] = False
-            cache.key_mask[rt, L - P:L] = fresh.key_mask
-            cache.next_pos[rt] = fresh.next_pos
-        self.next_logp = F.log_softmax(logits.float(), dim=-1)  # (N, V)
+        expected = (grew | same | new_episode).all()  # else (missed steps) re-prefill all
+        restart = new_episode if expected else np.ones(core.n, dtype=bool)
+        logits = self.decoder.advance(core.tokens, total, restart, grew, live=~core.done,
+                                      pad_id=core.pad_id)  # (N, V)
+        self.next_logp = F.log_softmax(logits, dim=-1)
         return self.next_logp
-
-    def _left_padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The tokens so far of `rows`, LEFT-padded: ids (R, W) int64 and mask (R, W) bool."""
-        core = self.core
-        total = core.prompt_len[rows] + core.resp_len[rows]  # (R,) real tokens per row
-        width = int(total.max())
-        # Without a Python loop: column j of row i reads tokens[i, j - offset_i].
-        src = np.arange(width)[None, :] - (width - total)[:, None]  # (R, W)
-        mask = src >= 0  # (R, W)
-        ids = np.where(mask, np.take_along_axis(core.tokens[rows], np.maximum(src, 0), 1),
-                       core.pad_id)  # (R, W)
-        return ids, mask
 
 
 def _core_of(env) -> EpisodeBatch:
