@@ -157,9 +157,15 @@ def sft_reward_std(reference: GPT, envs, task: Task, cfg: RunConfig) -> float:
     scores = []
     for b in range(2):
         chunk = [prompts[(b * envs.num_envs + i) % len(prompts)] for i in range(envs.num_envs)]
-        scores.append(collect_rollout(envs, reference, chunk, max_new_tokens=cfg.max_new_tokens,
-                                      temperature=cfg.temperature, generator=gen,
-                                      pad_id=envs.unwrapped.tokenizer.pad_id).scores)
+        try:
+            scores.append(collect_rollout(envs, reference, chunk,
+                                          max_new_tokens=cfg.max_new_tokens,
+                                          temperature=cfg.temperature, generator=gen,
+                                          pad_id=envs.unwrapped.tokenizer.pad_id).scores)
+        except Exception as e:
+            e.add_note(f"(while measuring the scale of reward {cfg.reward!r} on SFT samples "
+                       f"before training: normalize_reward)")
+            raise
     std = torch.cat(scores).std().item()
     if not std > 1e-6:
         raise ValueError(f"the reward {cfg.reward!r} gives every SFT sample the same score "

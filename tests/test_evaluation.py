@@ -139,7 +139,7 @@ def test_comparison_with_a_user_agent_writes_the_report(tmp_path):
     assert set(rows) == {"reinforce", "best-of-n", "reinforce_minimal"}
     for row in rows.values():
         assert row["iqm_ci_low"] <= row["iqm"] <= row["iqm_ci_high"]
-        assert set(row["gold_at_kl"]) == {"1", "2", "4"} and row["seeds"] == [1, 2]
+        assert set(row["gold_at_kl"]) == {"0.5", "1", "2", "4"} and row["seeds"] == [1, 2]
     pairs = report["tasks"]["reviews"]["probability_of_improvement"]
     assert len(pairs) == 6 and all(0 <= p["ci_low"] <= p["p"] <= p["ci_high"] <= 1
                                    for p in pairs)

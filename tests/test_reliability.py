@@ -202,8 +202,11 @@ def test_a_reward_function_returning_nan_names_the_iteration(tmp_path):
         return [float("nan")] * len(prompts)
 
     cfg = tiny_ppo(tmp_path, total_env_steps=3 * 8 * 24, eval_every=0, reward=nan_reward)
-    with pytest.raises(ValueError, match="non-finite") as info:
+    with pytest.raises(ValueError, match="non-finite") as info:  # measuring its scale
         train(cfg)
+    assert any("normalize_reward" in note for note in info.value.__notes__)
+    with pytest.raises(ValueError, match="non-finite") as info:  # in the first iteration
+        train(replace(cfg, normalize_reward=False))
     assert any("iteration 1" in note for note in info.value.__notes__)
 
 
