@@ -34,7 +34,9 @@ def main(cfg: DemoConfig) -> dict:
     png = plot_learning_curves({"LM-PPO": [history]}, Path(cfg.ppo.run_dir) / "learning_curve.png",
                                title=f"LM-PPO on TextGen-v0 ({cfg.ppo.task})")
     print("\nSame held-out prompts, before (SFT) and after LM-PPO:")
-    for (p, r0, g0, s0), (_, r1, g1, s1) in list(zip(before["samples"], run["samples"]))[:cfg.show]:
+    pairs = list(zip(before["samples"], run["samples"]))
+    step = max(1, len(pairs) // cfg.show)  # spread over the split: one sample per prompt
+    for (p, r0, g0, s0), (_, r1, g1, s1) in pairs[::step][:cfg.show]:
         print(f"\nprompt : {p}")
         print(f"  SFT  [gold {g0:.2f} | reward {s0:+.2f}] {r0}")
         print(f"  PPO  [gold {g1:.2f} | reward {s1:+.2f}] {r1}")
