@@ -4,28 +4,15 @@ dropped from the batch, and a sampler that draws from the right distribution."""
 import numpy as np
 import pytest
 import torch
+from conftest import left_padded, tiny_gpt
 from scipy.stats import chisquare
 
 from agents.rollout import collect_rollout, make_envs, prompt_ids_from_obs
 from textenv.assets import ASSETS_DIR
-from textenv.model import GPT, GPTConfig, KVCache, sample_from_logits
+from textenv.model import GPT, KVCache, sample_from_logits
 
 TOL = 1e-5
-
-
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    cfg = {"vocab_size": 17, "block_size": 40, "n_layer": 2, "n_head": 2, "n_embd": 16}
-    cfg.update(kw)
-    return GPT(GPTConfig(**cfg)).eval()
-
-
-def left_padded(lengths, T, vocab=17, pad=0, seed=1):
-    """Random ids (never pad), LEFT-padded to width T: ids (B, T), mask (B, T) bool."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (len(lengths), T), generator=g)
-    mask = torch.arange(T)[None, :] >= T - torch.tensor(lengths)[:, None]  # (B, T)
-    return ids.masked_fill(~mask, pad), mask
+tiny = tiny_gpt
 
 
 # ---- logits: the decoding path equals the full forward -------------------------------------

@@ -3,27 +3,15 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import left_padded, tiny_gpt
 
-from textenv.model import GPT, GPTConfig, KVCache, sample_from_logits
+from textenv.model import GPT, KVCache, sample_from_logits
 
 TOL = 1e-5
 
 
 def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    cfg = {"vocab_size": 17, "block_size": 24, "n_layer": 2, "n_head": 2, "n_embd": 16}
-    cfg.update(kw)
-    return GPT(GPTConfig(**cfg)).eval()
-
-
-def left_padded(lengths, T, vocab=17, pad=0, seed=1):
-    """Random ids, LEFT-padded to width T; returns ids (B, T), mask (B, T) long."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (len(lengths), T), generator=g)
-    mask = torch.zeros(len(lengths), T, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, T - n:] = 1
-    return ids.masked_fill(mask == 0, pad), mask
+    return tiny_gpt(**{"block_size": 24, **kw})  # the length tests below rely on 24
 
 
 def test_cached_decoding_matches_full_forward():
