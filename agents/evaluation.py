@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from agents.rollout import collect_rollout, make_envs, response_logprobs
-from textenv.assets import ASSETS_DIR
+from textenv.assets import resolve_assets_dir
 from textenv.model import GPT
 from textenv.tasks import Task
 
@@ -129,7 +128,7 @@ class Evaluator:
     def __init__(self, reference: GPT, *, task: str = "reviews", assets_dir=None,
                  max_new_tokens: int = 40, temperature: float = 1.0,
                  reward: str | None = None):
-        assets_dir = Path(assets_dir or ASSETS_DIR)
+        assets_dir = resolve_assets_dir(assets_dir, task)
         if reward is None:
             reward = "learned" if (assets_dir / "reward.json").is_file() else "gold"
         self.envs = make_envs(EVAL_BATCH, task=task, reward=reward,

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 import textenv  # noqa: F401  (registers TextGen-v0)
-from textenv.assets import ASSETS_DIR
 from textenv.lm import pad_left
 from textenv.model import GPT, Decoder
 
@@ -48,7 +47,7 @@ class Rollout:
 
 
 def make_envs(num_envs: int, *, task: str = "reviews", reward="learned",
-              max_new_tokens: int | None = None, assets_dir=ASSETS_DIR):
+              max_new_tokens: int | None = None, assets_dir=None):
     """The natively batched TextGen-v0 vector env, unwrapped: LM agents shape the KL
     themselves, from their own log-probs."""
     return gym.make_vec("TextGen-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",

@@ -35,7 +35,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents.evaluation import EvalSet
 from agents.training import RunConfig, final_evaluation, setup
-from textenv.assets import ASSETS_DIR, load_policy
+from textenv.assets import ASSETS_DIR, load_policy, resolve_assets_dir
 from textenv.model import GPT, GPTConfig
 from textenv.runlog import Progress, RunLogger
 from textenv.storage import (
@@ -247,12 +247,13 @@ def _train_locked(cfg: SB3Config, run_dir: Path) -> dict:
     from stable_baselines3.common.logger import configure
 
     s = setup(cfg)  # reference, eval envs, seeds
+    assets_dir = str(resolve_assets_dir(cfg.assets_dir, cfg.task))
     env_kwargs = {"task": cfg.task, "reward": cfg.reward, "max_new_tokens": cfg.max_new_tokens,
-                  "assets_dir": cfg.assets_dir}
+                  "assets_dir": assets_dir}
     wrapper_kwargs = {"kl_coef": cfg.kl_coef, "action_mask": cfg.algo == "maskable_ppo"}
     venv = make_vec_env("TextGen-v0", n_envs=cfg.n_envs, seed=cfg.seed, env_kwargs=env_kwargs,
                         wrapper_class=reference_wrappers, wrapper_kwargs=wrapper_kwargs)
-    common = {"policy_kwargs": lm_policy_kwargs(cfg.pretrained, cfg.assets_dir),
+    common = {"policy_kwargs": lm_policy_kwargs(cfg.pretrained, assets_dir),
               "learning_rate": cfg.learning_rate, "n_steps": cfg.n_steps, "gamma": 1.0,
               "ent_coef": cfg.kl_coef, "seed": cfg.seed, "verbose": 0}
     if cfg.algo == "ppo":

@@ -41,7 +41,7 @@ from torch import nn
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents.evaluation import EvalSet, Evaluator
 from agents.rollout import collect_rollout, make_envs
-from textenv.assets import ASSETS_DIR, load_reference, load_tokenizer
+from textenv.assets import load_reference, load_tokenizer, resolve_assets_dir
 from textenv.model import GPT
 from textenv.runlog import Progress, RunLogger
 from textenv.storage import (
@@ -87,8 +87,9 @@ class RunConfig:
     """Write TensorBoard event files beside metrics.csv."""
     progress: bool = True
     """Show progress (a bar on a terminal, a line every ~10 s in a log)."""
-    assets_dir: str = str(ASSETS_DIR)
-    """Directory of the SFT policy, tokenizer and reward model."""
+    assets_dir: str | None = None
+    """Directory of the SFT policy, tokenizer and reward model (default: the task's shipped
+    assets, textenv/assets/TASK/)."""
     num_envs: int = 64
     """Responses per rollout (envs of the vector env)."""
     max_new_tokens: int = 40
@@ -137,12 +138,12 @@ def set_seed(seed: int) -> None:
 def setup(cfg: RunConfig) -> Setup:
     torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
+    assets_dir = resolve_assets_dir(cfg.assets_dir, cfg.task)
     envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
-                     max_new_tokens=cfg.max_new_tokens, assets_dir=cfg.assets_dir)
-    evaluator = shared_evaluator(str(Path(cfg.assets_dir).resolve()), cfg.task,
-                                 cfg.max_new_tokens, cfg.temperature)
-    tokenizer, task, reference = (load_tokenizer(cfg.assets_dir), make_task(cfg.task),
-                                  load_reference(cfg.assets_dir))
+                     max_new_tokens=cfg.max_new_tokens, assets_dir=assets_dir)
+    evaluator = shared_evaluator(str(assets_dir), cfg.task, cfg.max_new_tokens, cfg.temperature)
+    tokenizer, task, reference = (load_tokenizer(assets_dir), make_task(cfg.task),
+                                  load_reference(assets_dir))
     scale = 1.0 / sft_reward_std(reference, envs, task, cfg) if cfg.normalize_reward else 1.0
     return Setup(tokenizer, task, reference, envs, evaluator, scale,
                  np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed))

@@ -34,7 +34,7 @@ import torch
 from reward_models.evaluate import RMEvalConfig, evaluate_reward_model
 from reward_models.pipeline import RewardPipelineConfig, calibration_set, make_rankings
 from reward_models.train import RMTrainConfig, calibrate, train_reward_model
-from textenv.assets import ASSETS_DIR, load_policy, load_tokenizer
+from textenv.assets import load_policy, load_tokenizer, resolve_assets_dir
 from textenv.rewards import RewardModel
 from textenv.storage import atomic_write, write_json
 from textenv.tasks import make_task
@@ -48,8 +48,9 @@ class CompareLossesConfig:
     trains each variant, scores all on the same held-out rankings, writes results.json and
     results.md to out_dir and prints the table."""
 
-    assets: Path = ASSETS_DIR
-    """Directory with tokenizer.json and the SFT policy (sft.*)."""
+    assets: Path | None = None
+    """Directory with tokenizer.json and the SFT policy (sft.*; default: the task's shipped
+    assets)."""
     out_dir: Path = Path("runs/compare_rm_losses")
     """Where results.json, results.md and the training logs go."""
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
@@ -135,6 +136,7 @@ def main(args: CompareLossesConfig) -> list[dict]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     task = make_task(args.task)
+    args.assets = resolve_assets_dir(args.assets, args.task)
     tokenizer = load_tokenizer(args.assets)
     sft = load_policy("sft", args.assets, tokenizer)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import torch
 
 from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
 from reward_models.degenerate import degenerate_suite, fraction_above
-from textenv.assets import ASSETS_DIR, load_policy, load_tokenizer
+from textenv.assets import load_policy, load_tokenizer, resolve_assets_dir
 from textenv.lm import generate_text
 from textenv.model import GPT
 from textenv.rewards import RewardEnsemble, RewardModel
@@ -214,8 +214,9 @@ class EvalRewardModelArgs:
     --heldout, fresh held-out rankings are made by the simulated labeler. Prints JSON and a
     markdown table."""
 
-    rm_dir: Path = ASSETS_DIR
-    """Directory of the reward model (with tokenizer.json)."""
+    rm_dir: Path | None = None
+    """Directory of the reward model (with tokenizer.json; default: the task's shipped
+    assets)."""
     name: str | None = None
     """File stem of the reward model (default "reward"), or of the ensemble's JSON with
     --ensemble (default "reward_ensemble")."""
@@ -223,8 +224,9 @@ class EvalRewardModelArgs:
     """`name` is an ensemble written by RewardEnsemble.save."""
     ensemble_mode: Literal["mean", "conservative"] | None = None
     """Override the ensemble's mode."""
-    policy_dir: Path = ASSETS_DIR
-    """Directory of the SFT policy whose samples are the reference distribution."""
+    policy_dir: Path | None = None
+    """Directory of the SFT policy whose samples are the reference distribution (default:
+    the task's shipped assets)."""
     policy_name: str = "sft"
     """The SFT policy's file stem."""
     policies: list[str] = field(default_factory=list)
@@ -276,6 +278,8 @@ def main(args: EvalRewardModelArgs) -> dict:
 
     torch.set_num_threads(args.threads)
     task = make_task(args.task)
+    args.rm_dir = resolve_assets_dir(args.rm_dir, args.task)
+    args.policy_dir = resolve_assets_dir(args.policy_dir, args.task)
     tokenizer = load_tokenizer(args.policy_dir)
     sft = load_policy(args.policy_name, args.policy_dir, tokenizer)
     if args.ensemble:

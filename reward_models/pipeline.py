@@ -50,7 +50,7 @@ from reward_models.data import MAX_RESPONSES, MIN_RESPONSES, RankedRecord, write
 from reward_models.evaluate import RMEvalConfig, evaluate_reward_model, sample_policy
 from reward_models.labeler import label_rankings
 from reward_models.train import RMTrainConfig, calibrate, train_reward_model
-from textenv.assets import ASSETS_DIR, load_policy, read_quality
+from textenv.assets import load_policy, read_quality, task_assets_dir
 from textenv.model import GPT
 from textenv.pipeline import (
     PolicyEvalConfig,
@@ -210,8 +210,8 @@ class BuildConfig:
     corpus -> base LM -> SFT policy -> simulated rankings -> reward model -> quality.json.
     Every number in quality.json is measured on this build."""
 
-    out_dir: Path = ASSETS_DIR
-    """Where to write the assets."""
+    out_dir: Path | None = None
+    """Where to write the assets (default: the task's shipped assets, textenv/assets/TASK/)."""
     seed: int = 0
     """One seed for the whole build: same seed, same assets."""
     task: str = "reviews"
@@ -236,7 +236,7 @@ def build_assets_main(cfg: BuildConfig) -> dict:
     quality.json and build_config.json to cfg.out_dir and returns the quality numbers."""
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir) if cfg.out_dir is not None else task_assets_dir(cfg.task)
     task = make_task(cfg.task)
     tokenizer = build_tokenizer(task)
     tokenizer.save(out / "tokenizer.json")

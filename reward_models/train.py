@@ -42,7 +42,7 @@ import torch
 
 from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
 from reward_models.losses import kwise_loss, pairwise_loss
-from textenv.assets import ASSETS_DIR, load_policy, load_tokenizer
+from textenv.assets import load_policy, load_tokenizer, resolve_assets_dir
 from textenv.lm import warmup_cosine
 from textenv.rewards import RewardModel
 from textenv.runlog import Progress, RunLogger
@@ -449,8 +449,9 @@ class TrainRewardModelArgs:
     """JSONL preference file (pairwise and/or ranked records)."""
     val_data: Path | None = None
     """Optional held-out JSONL; otherwise --train.val-fraction of the prompts are held out."""
-    init_dir: Path = ASSETS_DIR
-    """Directory with the LM to start from and its tokenizer.json."""
+    init_dir: Path | None = None
+    """Directory with the LM to start from and its tokenizer.json (default: the task's
+    shipped assets)."""
     init_name: str = "sft"
     """LM to initialise the trunk from ("sft" or "base")."""
     out_dir: Path = Path("runs/reward_model")
@@ -485,6 +486,7 @@ def main(args: TrainRewardModelArgs) -> dict:
 
     torch.set_num_threads(args.threads)
     name = args.name or ("reward_ensemble" if args.n_models > 1 else "reward")
+    args.init_dir = resolve_assets_dir(args.init_dir, args.task)
     tokenizer = load_tokenizer(args.init_dir)
     lm = load_policy(args.init_name, args.init_dir, tokenizer)
     records = read_preferences(args.data)

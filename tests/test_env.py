@@ -14,7 +14,7 @@ from textenv.assets import ASSETS_DIR
 from textenv.env import TextGenEnv
 from textenv.rewards import RewardModel
 
-ASSETS = ASSETS_DIR  # the shipped default assets (committed in textenv/assets/)
+ASSETS = ASSETS_DIR  # the shipped default assets (committed in textenv/assets/reviews/)
 
 
 def make(**kw) -> TextGenEnv:

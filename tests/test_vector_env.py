@@ -12,7 +12,7 @@ from textenv.assets import ASSETS_DIR
 from textenv.env import TextGenEnv
 from textenv.vector_env import TextGenVectorEnv
 
-ASSETS = ASSETS_DIR  # the shipped default assets (committed in textenv/assets/)
+ASSETS = ASSETS_DIR  # the shipped default assets (committed in textenv/assets/reviews/)
 
 
 def make_vec(n, **kw) -> TextGenVectorEnv:

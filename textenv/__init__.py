@@ -11,15 +11,21 @@ Importing textenv registers `TextGen-v0` (idempotently) and loads no model:
 The public API for writing your own agent (each is imported on first use, so that
 `import textenv` stays light):
 
-    textenv.load_policy(name="sft", assets_dir=None)   a fresh, trainable copy of a shipped LM
-    textenv.load_reference(assets_dir=None)            the frozen reference (SFT) policy, shared
-    textenv.load_reward_model(assets_dir=None)         the learned reward model, frozen, shared
-    textenv.load_tokenizer(assets_dir=None)            the task's tokenizer
+    textenv.load_policy("sft", task="reviews")   a fresh, trainable copy of a shipped LM
+    textenv.load_reference(task="reviews")       the frozen reference (SFT) policy, shared
+    textenv.load_reward_model(task="reviews")    the learned reward model, frozen, shared
+    textenv.load_tokenizer(task="reviews")       the task's tokenizer
+    (each also takes assets_dir=DIR: assets built by `textenv build-assets --out-dir DIR`)
     textenv.PolicyDecoder(model, num_envs)             KV-cache decoding from dict observations
     textenv.TextGenEnv, textenv.TextGenVectorEnv       the env classes
 """
 
 import gymnasium as gym
+
+# Every built-in task also has an id of its own: gym.make("TextGen-Arithmetic-v0") is
+# gym.make("TextGen-v0", task="arithmetic"). tests/test_tasks.py checks this list against
+# textenv.tasks.TASKS (kept literal here so that importing textenv imports no task code).
+TASK_IDS = {"reviews": "TextGen-Reviews-v0"}
 
 if "TextGen-v0" not in gym.registry:
     gym.register(
@@ -27,34 +33,56 @@ if "TextGen-v0" not in gym.registry:
         entry_point="textenv.env:TextGenEnv",
         vector_entry_point="textenv.vector_env:TextGenVectorEnv",
     )
+for _task, _env_id in TASK_IDS.items():
+    if _env_id not in gym.registry:
+        gym.register(
+            id=_env_id,
+            entry_point="textenv.env:TextGenEnv",
+            vector_entry_point="textenv.vector_env:TextGenVectorEnv",
+            kwargs={"task": _task},
+        )
 
 # name -> (module, attribute): what `textenv.<name>` resolves to on first use.
 _LAZY = {
     "TextGenEnv": ("textenv.env", "TextGenEnv"),
     "TextGenVectorEnv": ("textenv.vector_env", "TextGenVectorEnv"),
     "PolicyDecoder": ("textenv.decoding", "PolicyDecoder"),
-    "load_tokenizer": ("textenv.assets", "load_tokenizer"),
-    "load_reference": ("textenv.assets", "load_reference"),
 }
 
 
-def load_policy(name: str = "sft", assets_dir=None):
+def _assets(assets_dir, task):
+    from textenv.assets import resolve_assets_dir
+
+    return resolve_assets_dir(assets_dir, task)
+
+
+def load_policy(name: str = "sft", assets_dir=None, task: str = "reviews"):
     """A fresh, trainable copy of a shipped LM (`"sft"`, the default, or `"base"`)."""
-    from textenv.assets import ASSETS_DIR
     from textenv.assets import load_policy as load
 
-    return load(name, assets_dir or ASSETS_DIR).requires_grad_(True)
+    return load(name, _assets(assets_dir, task)).requires_grad_(True)
 
 
-def load_reward_model(assets_dir=None):
+def load_reference(assets_dir=None, task: str = "reviews"):
+    """The frozen reference (SFT) policy of the assets, loaded once and shared read-only."""
+    from textenv.assets import load_reference as load
+
+    return load(_assets(assets_dir, task))
+
+
+def load_reward_model(assets_dir=None, task: str = "reviews"):
     """The learned reward model of the assets (frozen, shared): `.score(prompts, responses)`
     gives normalised rewards (SFT samples: mean 0, std 1)."""
-    from pathlib import Path
-
-    from textenv.assets import ASSETS_DIR
     from textenv.rewards import load_reward_model as load
 
-    return load(Path(assets_dir or ASSETS_DIR).resolve())
+    return load(_assets(assets_dir, task))
+
+
+def load_tokenizer(assets_dir=None, task: str = "reviews"):
+    """The tokenizer of the assets."""
+    from textenv.assets import load_tokenizer as load
+
+    return load(_assets(assets_dir, task))
 
 
 def __getattr__(name: str):

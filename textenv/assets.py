@@ -1,6 +1,8 @@
-"""The default assets shipped in `textenv/assets/` and how to load them.
+"""The default assets shipped in `textenv/assets/<task>/` and how to load them.
 
-    tokenizer.json                 the reviews task's word-level tokenizer
+Each built-in task has a directory of its own (`textenv/assets/reviews/`, ...) holding:
+
+    tokenizer.json                 the task's tokenizer
     base.safetensors / base.json   the pretrained base LM
     sft.safetensors / sft.json     the SFT policy (also the frozen reference policy)
     reward.safetensors / .json     the default learned reward model
@@ -21,7 +23,33 @@ from pathlib import Path
 from textenv.model import GPT
 from textenv.tokenizer import WordTokenizer
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_ROOT = Path(__file__).resolve().parent / "assets"
+"""The shipped assets: one directory per built-in task."""
+
+
+def task_assets_dir(task: str = "reviews") -> Path:
+    """The shipped assets of a built-in task: `textenv/assets/<task>/`."""
+    return ASSETS_ROOT / task
+
+
+ASSETS_DIR = task_assets_dir("reviews")
+"""The default task's shipped assets."""
+
+
+def resolve_assets_dir(assets_dir: str | Path | None, task) -> Path:
+    """`assets_dir` as an absolute path; `None` means the shipped assets of `task` (a task
+    name or a `Task` object)."""
+    if assets_dir is not None:
+        return Path(assets_dir).resolve()
+    name = task if isinstance(task, str) else getattr(task, "name", None)
+    if not isinstance(name, str):
+        raise ValueError("assets_dir is required for a task object without a name")
+    directory = task_assets_dir(name)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"no shipped assets for task {name!r} in {directory}; pass assets_dir= (a directory "
+            f"built by `textenv build-assets --task {name} --out-dir DIR`)")
+    return directory
 
 
 def _check(directory: Path, *names: str) -> None:

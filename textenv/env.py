@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from textenv.assets import ASSETS_DIR, load_tokenizer
+from textenv.assets import load_tokenizer, resolve_assets_dir
 from textenv.lm import encode_prompt
 from textenv.rewards import RewardFn, as_scores, make_reward_fn
 from textenv.tasks import Task, make_task
@@ -59,9 +59,9 @@ class EpisodeBatch:
     """
 
     def __init__(self, num_envs: int, *, task: str | Task, reward: str | RewardFn,
-                 max_new_tokens: int | None, assets_dir: str | Path):
+                 max_new_tokens: int | None, assets_dir: str | Path | None):
         self.task: Task = make_task(task)  # unknown names raise, listing the valid ones
-        self.assets_dir = Path(assets_dir).resolve()
+        self.assets_dir = resolve_assets_dir(assets_dir, self.task)
         self.tokenizer: Tokenizer = _tokenizer(self.assets_dir)
         self.reward_fn = make_reward_fn(reward, self.task, self.assets_dir)
         self.reward_is_gold = reward == "gold"  # then gold_score in info reuses the reward
@@ -271,7 +271,8 @@ class TextGenEnv(gym.Env):
             prompts whose instruction was seen in training) or `"test"` (instructions never
             seen by any training stage).
         assets_dir: directory with `tokenizer.json`, `sft.*` (the reference policy) and
-            `reward.*` (the learned reward model). Default: the shipped `textenv/assets/`.
+            `reward.*` (the learned reward model). Default: the task's shipped assets,
+            `textenv/assets/<task>/`.
 
     Prompts: `reset(options={"prompt": text})` fixes the prompt; otherwise it is sampled
     with `self.np_random` (same seed, same episode). A prompt longer than
@@ -283,7 +284,7 @@ class TextGenEnv(gym.Env):
     def __init__(self, *, task: str | Task = "reviews", reward: str | RewardFn = "learned",
                  max_new_tokens: int | None = None, observation_mode: str = "box",
                  render_mode: str | None = None, prompt_split: str = "train",
-                 assets_dir: str | Path = ASSETS_DIR):
+                 assets_dir: str | Path | None = None):
         check_render_mode(render_mode)
         check_prompt_split(prompt_split)
         self.core = EpisodeBatch(1, task=task, reward=reward, max_new_tokens=max_new_tokens,

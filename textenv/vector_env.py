@@ -20,7 +20,6 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.assets import ASSETS_DIR
 from textenv.env import (
     RENDER_MODES,
     EpisodeBatch,
@@ -68,7 +67,7 @@ class TextGenVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, *, task: str | Task = "reviews",
                  reward: str | RewardFn = "learned", max_new_tokens: int | None = None,
                  observation_mode: str = "box", render_mode: str | None = None,
-                 prompt_split: str = "train", assets_dir: str | Path = ASSETS_DIR):
+                 prompt_split: str = "train", assets_dir: str | Path | None = None):
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_render_mode(render_mode)
