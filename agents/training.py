@@ -142,7 +142,7 @@ def setup(cfg: RunConfig) -> Setup:
     envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
                      max_new_tokens=cfg.max_new_tokens, assets_dir=assets_dir)
     evaluator = shared_evaluator(str(assets_dir), cfg.task, cfg.max_new_tokens, cfg.temperature)
-    tokenizer, task, reference = (load_tokenizer(assets_dir), make_task(cfg.task),
+    tokenizer, task, reference = (load_tokenizer(assets_dir), make_task(cfg.task, assets_dir),
                                   load_reference(assets_dir))
     scale = 1.0 / sft_reward_std(reference, envs, task, cfg) if cfg.normalize_reward else 1.0
     return Setup(tokenizer, task, reference, envs, evaluator, scale,

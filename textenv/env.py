@@ -30,7 +30,7 @@ from gymnasium import spaces
 from textenv.assets import load_tokenizer, resolve_assets_dir
 from textenv.lm import encode_prompt
 from textenv.rewards import RewardFn, as_scores, make_reward_fn
-from textenv.tasks import Task, make_task
+from textenv.tasks import Task, check_task_name, make_task
 from textenv.tokenizer import Tokenizer
 
 OBSERVATION_MODES = ("box", "dict")
@@ -60,8 +60,10 @@ class EpisodeBatch:
 
     def __init__(self, num_envs: int, *, task: str | Task, reward: str | RewardFn,
                  max_new_tokens: int | None, assets_dir: str | Path | None):
-        self.task: Task = make_task(task)  # unknown names raise, listing the valid ones
-        self.assets_dir = resolve_assets_dir(assets_dir, self.task)
+        if isinstance(task, str):
+            check_task_name(task)  # unknown names raise, listing the valid ones
+        self.assets_dir = resolve_assets_dir(assets_dir, task)
+        self.task: Task = make_task(task, self.assets_dir)
         self.tokenizer: Tokenizer = _tokenizer(self.assets_dir)
         self.reward_fn = make_reward_fn(reward, self.task, self.assets_dir)
         self.reward_is_gold = reward == "gold"  # then gold_score in info reuses the reward
