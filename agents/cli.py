@@ -51,6 +51,8 @@ COMMANDS = {
     "overoptimization": ("LM-PPO with and without the KL penalty: gold vs learned reward",
                          "agents.overoptimization:OveroptimizationConfig",
                          "agents.overoptimization:main"),
+    "iterated-rlhf": ("RL rounds alternating with retraining the reward model on the policy",
+                      "agents.iterated_rlhf:IteratedRLHFConfig", "agents.iterated_rlhf:main"),
     "sb3-baseline": ("stable-baselines3 from the SFT policy: before/after table",
                      "agents.sb3:SB3BaselineConfig", "agents.sb3:baseline_main"),
     "bench": ("speed benchmark (JSON + table)", "agents.bench:BenchConfig", "agents.bench:main"),
