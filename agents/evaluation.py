@@ -58,6 +58,9 @@ def sample_eval_set(policy: GPT, reference: GPT, envs, task: Task, eval_set: Eva
     and the (prompt, response, gold, reward) samples."""
     slots = eval_set.slots(task)
     n = envs.num_envs
+    # A dialogue's hidden preference is drawn among the games of the env's split: the
+    # evaluated split's (held-out games); single-turn tasks ignore it for given prompts.
+    envs.unwrapped.prompt_split = eval_set.split
     gen = torch.Generator().manual_seed(eval_set.seed)
     out = {k: [] for k in ("gold", "reward", "kl", "length", "eos")}
     samples = []
@@ -69,14 +72,14 @@ def sample_eval_set(policy: GPT, reference: GPT, envs, task: Task, eval_set: Eva
                              temperature=temperature, generator=gen, pad_id=pad_id)
         logp = response_logprobs(policy, ro, temperature)  # (N, T)
         logp_ref = response_logprobs(reference, ro, temperature)  # (N, T)
-        kl = ((logp - logp_ref) * ro.response_mask).sum(1)  # (N,) sequence k1 estimate
+        kl = ((logp - logp_ref) * ro.action_mask).sum(1)  # (N,) sequence k1 estimate
         out["gold"].append(ro.gold[:real])
         out["reward"].append(ro.scores[:real])
         out["kl"].append(kl[:real])
         out["length"].append(ro.response_mask.sum(1)[:real].float())
         out["eos"].append(ro.eos[:real].float())
         samples += list(zip(ro.prompts, ro.responses, ro.gold.tolist(), ro.scores.tolist()))[:real]
-    arrays = {k: torch.cat(v).double().numpy() for k, v in out.items()}
+    arrays = {k: torch.cat(v).double().cpu().numpy() for k, v in out.items()}
     return {**arrays, "samples": samples}
 
 
@@ -89,7 +92,10 @@ def mean_and_se(x: np.ndarray) -> tuple[float, float]:
 
 def win_rate(gold: np.ndarray, baseline_gold: np.ndarray) -> tuple[float, float, float]:
     """Fraction of slots where `gold` beats `baseline_gold` (ties count half), with a 95%
-    normal-approximation interval over slots: (rate, low, high)."""
+    normal-approximation interval over slots: (rate, low, high); all NaN for a task without
+    a gold score (NaN gold)."""
+    if np.isnan(gold).any() or np.isnan(baseline_gold).any():
+        return float("nan"), float("nan"), float("nan")
     wins = (gold > baseline_gold) + 0.5 * (gold == baseline_gold)  # (S,)
     rate, se = mean_and_se(wins)
     return rate, max(0.0, rate - 1.96 * se), min(1.0, rate + 1.96 * se)
@@ -127,12 +133,13 @@ class Evaluator:
 
     def __init__(self, reference: GPT, *, task: str = "reviews", assets_dir=None,
                  max_new_tokens: int = 40, temperature: float = 1.0,
-                 reward: str | None = None):
+                 reward: str | None = None, device: str = "cpu"):
         assets_dir = resolve_assets_dir(assets_dir, task)
         if reward is None:
             reward = "learned" if (assets_dir / "reward.json").is_file() else "gold"
         self.envs = make_envs(EVAL_BATCH, task=task, reward=reward,
-                              max_new_tokens=max_new_tokens, assets_dir=assets_dir)
+                              max_new_tokens=max_new_tokens, assets_dir=assets_dir,
+                              device=device)
         self.task = self.envs.unwrapped.task
         self.reference = reference
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature,

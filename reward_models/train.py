@@ -498,7 +498,7 @@ def main(args: TrainRewardModelArgs) -> dict:
     if args.calibration_samples > 0:
         policy = (lm if args.calibration_policy == args.init_name
                   else load_policy(args.calibration_policy, args.init_dir, tokenizer))
-        calibration = calibration_set(policy, tokenizer, make_task(args.task),
+        calibration = calibration_set(policy, tokenizer, make_task(args.task, args.init_dir),
                                       args.calibration_samples, seed=args.train.seed + 12345)
     tokenizer.save(args.out_dir / "tokenizer.json")
     extra = {"trained_by": "textenv reward", "data": str(args.data),

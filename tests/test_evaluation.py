@@ -56,6 +56,10 @@ def test_win_rate_by_hand():
     assert rate == pytest.approx((1 + 0.5 + 0 + 0.5) / 4) and low <= rate <= high
 
 
+def test_win_rate_without_gold_is_nan_not_a_loss():
+    assert all(np.isnan(win_rate(np.array([np.nan, np.nan]), np.array([0.2, 0.3]))))
+
+
 def test_evaluation_reports_the_learned_reward_when_training_on_gold(tmp_path):
     from agents.reinforce import ReinforceConfig, train
 
