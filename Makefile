@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench assets lint clean install
+.PHONY: demo test test-slow bench assets lint clean install labs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,18 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+LABS_STAMP := $(VENV)/.installed-labs
+$(LABS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev,labs]"
+	touch $(LABS_STAMP)
+
+# The teaching labs: the notebooks match their sources, every check fails on the student
+# version and passes on the solution, then each solution notebook runs headless.
+labs: $(LABS_STAMP)
+	$(PY) -m pytest -q tests/test_labs.py
+	$(PY) docs/labs/build.py --execute
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

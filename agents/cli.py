@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Annotated, Union
 
@@ -30,6 +31,9 @@ COMMANDS = {
     "build-assets": ("corpus -> base LM -> SFT -> reward model, from nothing",
                      "reward_models.pipeline:BuildConfig",
                      "reward_models.pipeline:build_assets_main"),
+    "build-jsonl": ("assets from your own JSONL files (= build-assets --task jsonl)",
+                    "reward_models.user_data:UserDataConfig",
+                    "reward_models.user_data:build_user_assets"),
     "pretrain": ("pretrain a base LM on the synthetic corpus",
                  "textenv.pipeline:PretrainArgs", "textenv.pipeline:pretrain_main"),
     "sft": ("supervised fine-tuning on imperfect demonstrations",
@@ -86,11 +90,27 @@ def train_main(cfg) -> dict:
     then print its final evaluation and where its metrics are."""
     from agents import ALGORITHMS
 
-    train = next(fn for cls, fn in ALGORITHMS.values() if type(cfg) is cls)
+    name, train = next((name, fn) for name, (cls, fn) in ALGORITHMS.items() if type(cfg) is cls)
+    if name in ("best-of-n", "sb3-ppo") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit(f"textenv: {name} runs as one process; start it without torchrun "
+                         f"(data-parallel training: ppo, reinforce, rloo, grpo, dr-grpo, "
+                         f"reinforce++)")
     result = train(cfg)
+    if result["final"] is None:  # a torchrun process other than rank 0: rank 0 reports
+        return result
     print(json.dumps(result["final"], indent=2))
     print(f"metrics: {result['run_dir']}/metrics.csv  (tensorboard --logdir {result['run_dir']})")
     return result
+
+
+def _task_option(args: list[str]) -> str | None:
+    """The value of --task in `args` (`--task X` or `--task=X`), or None."""
+    for i, arg in enumerate(args):
+        if arg == "--task" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,12 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name = argv[0]
+    if name == "build-assets" and _task_option(argv[1:]) == "jsonl":
+        name = "build-jsonl"  # the user's own files: a command with options of its own
     if name not in COMMANDS:
         print(f"textenv: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
     config_type, run = load_command(name)
-    run(tyro.cli(config_type, args=argv[1:], prog=f"textenv {name}"))
+    # A config with per-task defaults (build-assets: BuildConfig.for_task) starts from those
+    # of the --task given, so `--help` shows them and any flag overrides them.
+    for_task = getattr(config_type, "for_task", None)
+    default = for_task(_task_option(argv[1:])) if for_task else None
+    run(tyro.cli(config_type, args=argv[1:], prog=f"textenv {name}", default=default))
     return 0
 
 

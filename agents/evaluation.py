@@ -31,6 +31,7 @@ import torch
 from agents.rollout import collect_rollout, make_envs, response_logprobs
 from textenv.assets import resolve_assets_dir
 from textenv.model import GPT
+from textenv.rewards import has_reward_model
 from textenv.tasks import Task
 
 EVAL_BATCH = 64
@@ -76,7 +77,7 @@ def sample_eval_set(policy: GPT, reference: GPT, envs, task: Task, eval_set: Eva
         out["gold"].append(ro.gold[:real])
         out["reward"].append(ro.scores[:real])
         out["kl"].append(kl[:real])
-        out["length"].append(ro.response_mask.sum(1)[:real].float())
+        out["length"].append(ro.action_mask.sum(1)[:real].float())  # the agent's tokens
         out["eos"].append(ro.eos[:real].float())
         samples += list(zip(ro.prompts, ro.responses, ro.gold.tolist(), ro.scores.tolist()))[:real]
     arrays = {k: torch.cat(v).double().cpu().numpy() for k, v in out.items()}
@@ -136,7 +137,7 @@ class Evaluator:
                  reward: str | None = None, device: str = "cpu"):
         assets_dir = resolve_assets_dir(assets_dir, task)
         if reward is None:
-            reward = "learned" if (assets_dir / "reward.json").is_file() else "gold"
+            reward = "learned" if has_reward_model(assets_dir) else "gold"
         self.envs = make_envs(EVAL_BATCH, task=task, reward=reward,
                               max_new_tokens=max_new_tokens, assets_dir=assets_dir,
                               device=device)

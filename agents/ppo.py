@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents import distributed
 from agents.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -195,7 +196,9 @@ def ppo_update(agent: ActorCritic, optimizer, ro: Rollout, mask, old_logp, old_v
             if ptx_docs is not None:  # PPO-ptx: keep the pretraining distribution in view
                 idx = torch.randint(len(ptx_docs), (cfg.ptx_batch_size,), generator=generator)
                 b = make_pretrain_batch([ptx_docs[i] for i in idx], pad_id)
-                ptx = lm_loss(agent.lm, b.input_ids, b.attention_mask, b.loss_mask)
+                dev = mask.device
+                ptx = lm_loss(agent.lm, b.input_ids.to(dev), b.attention_mask.to(dev),
+                              b.loss_mask.to(dev))
                 loss = loss + cfg.ptx_coef * ptx
                 stats["ptx"].append(ptx.item())
             check_finite(loss, iteration)
@@ -208,7 +211,8 @@ def ppo_update(agent: ActorCritic, optimizer, ro: Rollout, mask, old_logp, old_v
             stats["ent"].append(entropy.item())
             stats["approx_kl"].append(pg_stats["approx_kl"])
             stats["clipfrac"].append(pg_stats["clipfrac"])
-            if cfg.target_kl is not None and pg_stats["approx_kl"] > cfg.target_kl:
+            if cfg.target_kl is not None and (  # mean over processes: all stop alike
+                    distributed.mean(pg_stats["approx_kl"]) > cfg.target_kl):
                 return stats
     return stats
 
@@ -224,7 +228,7 @@ class PPO:
     def __init__(self, cfg: PPOConfig):
         self.cfg = cfg
         self.setup = s = setup(cfg)
-        self.agent = ActorCritic(s.reference, cfg.separate_critic)
+        self.agent = ActorCritic(s.reference, cfg.separate_critic).to(s.device)
         self.policy = self.agent.lm
         self.modules = {"agent": self.agent}
         self.optimizer = adam(self.agent.parameters(), cfg.learning_rate)
@@ -245,7 +249,7 @@ class PPO:
             ro = collect_rollout(s.envs, agent.lm, s.sample_prompts(cfg.num_envs),
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  generator=s.generator, pad_id=s.tokenizer.pad_id)
-        mask = ro.response_mask.float()  # (N, T)
+        mask = ro.action_mask.float()  # (N, T) the agent's tokens (its actions)
         scores = ro.scores * s.reward_scale  # (N,) on the scale where beta is defined
         scores = scores - cfg.missing_eos_penalty * (~ro.eos).float()  # (N,)
 
@@ -270,7 +274,7 @@ class PPO:
         # 6. metrics (CleanRL/TRL names), then adapt beta to the measured KL.
         metrics = rollout_metrics(ro, (kl_k1(old_logp, logp_ref) * mask).sum(1))
         beta = self.kl_ctl.value
-        self.kl_ctl.update(metrics["objective/kl"], cfg.num_envs)
+        self.kl_ctl.update(distributed.mean(metrics["objective/kl"]), cfg.num_envs)
         metrics.update({
             "objective/kl_coef": beta,
             "objective/rlhf_reward": (scores - beta * kl.sum(1)).mean().item(),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from agents import distributed
 from agents.core import kl_k1, sequence_policy_gradient_loss
 from agents.rollout import (
     Rollout,
@@ -46,7 +47,7 @@ def sequence_returns(policy, reference, ro: Rollout, kl_coef: float, temperature
     """Each response's return, scale * score - beta * KL(policy || reference) (summed k1),
     with the policy's log-probs kept for the gradient. -> returns (N,), logp (N, T),
     seq_kl (N,)."""
-    mask = ro.response_mask.float()  # (N, T)
+    mask = ro.action_mask.float()  # (N, T) the agent's tokens (its actions)
     logp_ref = response_logprobs(reference, ro, temperature)  # (N, T)
     logp = logprobs_of(forward_responses(policy, ro), ro.response_ids, temperature)  # (N, T)
     seq_kl = (kl_k1(logp.detach(), logp_ref) * mask).sum(1)  # (N,)
@@ -85,12 +86,12 @@ class Reinforce:
             returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
                                                      cfg.kl_coef, cfg.temperature,
                                                      s.reward_scale)
-            batch_mean = returns.mean().item()
+            batch_mean = distributed.mean(returns.mean().item())  # over every process
             if self.baseline is None:
                 self.baseline = batch_mean
             advantages = returns - self.baseline  # (N,) better or worse than usual
             loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
-                                        ro.response_mask.float(), cfg.max_grad_norm, iteration)
+                                        ro.action_mask.float(), cfg.max_grad_norm, iteration)
         d = cfg.baseline_decay
         self.baseline = d * self.baseline + (1 - d) * batch_mean
         return {**rollout_metrics(ro, seq_kl), "losses/policy_loss": loss.item(),

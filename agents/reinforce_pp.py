@@ -94,7 +94,7 @@ class ReinforcePP:
             ro = collect_rollout(s.envs, self.policy, s.sample_prompts(cfg.num_envs),
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  generator=s.generator, pad_id=s.tokenizer.pad_id)
-        mask = ro.response_mask.float()  # (N, T)
+        mask = ro.action_mask.float()  # (N, T) the agent's tokens (its actions)
         with timer("reference"):
             logp_ref = response_logprobs(s.reference, ro, cfg.temperature)  # (N, T)
         with timer("old_logprobs"):

@@ -63,7 +63,7 @@ class RLOO:
                                                      s.reward_scale)
             advantages = leave_one_out_advantages(returns, cfg.rloo_k)
             loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
-                                        ro.response_mask.float(), cfg.max_grad_norm, iteration)
+                                        ro.action_mask.float(), cfg.max_grad_norm, iteration)
         return {**rollout_metrics(ro, seq_kl), "losses/policy_loss": loss.item(),
                 "objective/rlhf_reward": returns.mean().item()}
 

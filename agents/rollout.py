@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import textenv  # noqa: F401  (registers TextGen-v0)
+from textenv.decoding import IncrementalDecoder
 from textenv.lm import pad_left
-from textenv.model import GPT, Decoder
+from textenv.model import GPT, Decoder, sample_from_logits
 
 
 @dataclass
@@ -40,19 +41,29 @@ class Rollout:
     prompts: list[str]
     responses: list[str]
     seconds: float  # wall-clock of the rollout (decoding + env + scoring)
+    agent_mask: torch.Tensor | None = None
+    """(N, Tr) bool, True on the agent's tokens, in a multi-turn dialogue (whose response is
+    the whole transcript: the user's replies are context, not actions); None when every
+    response token is the agent's."""
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """(N, Tr) bool: the tokens the policy chose (its actions), the ones every loss,
+        KL and value covers: the response tokens, or in a dialogue the agent's tokens."""
+        return self.response_mask if self.agent_mask is None else self.agent_mask
 
     @property
     def num_tokens(self) -> int:
-        return int(self.response_mask.sum())
+        return int(self.action_mask.sum())
 
 
 def make_envs(num_envs: int, *, task: str = "reviews", reward="learned",
-              max_new_tokens: int | None = None, assets_dir=None):
+              max_new_tokens: int | None = None, assets_dir=None, device: str = "cpu"):
     """The natively batched TextGen-v0 vector env, unwrapped: LM agents shape the KL
-    themselves, from their own log-probs."""
+    themselves, from their own log-probs. `device`: where its reward model runs."""
     return gym.make_vec("TextGen-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
                         task=task, reward=reward, max_new_tokens=max_new_tokens,
-                        assets_dir=assets_dir)
+                        assets_dir=assets_dir, device=device)
 
 
 def prompt_ids_from_obs(obs: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,13 +75,18 @@ def prompt_ids_from_obs(obs: np.ndarray, pad_id: int) -> tuple[torch.Tensor, tor
 @torch.no_grad()
 def collect_rollout(envs, policy: GPT, prompts: list[str], *, max_new_tokens: int,
                     temperature: float, generator: torch.Generator, pad_id: int) -> Rollout:
-    """One response per env for `prompts` (len == envs.num_envs)."""
+    """One response per env for `prompts` (len == envs.num_envs). The rollout's tensors
+    live on the policy's device; the env gets numpy actions."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if envs.unwrapped.core.multi_turn:
+        return collect_dialogue_rollout(envs, policy, prompts, temperature=temperature,
+                                        generator=generator, pad_id=pad_id)
     t0 = time.perf_counter()
     policy.eval()
     obs, _ = envs.reset(options={"prompts": list(prompts)})
-    prompt_ids, prompt_mask = prompt_ids_from_obs(obs, pad_id)  # (N, Tp)
+    dev = next(policy.parameters()).device
+    prompt_ids, prompt_mask = (t.to(dev) for t in prompt_ids_from_obs(obs, pad_id))  # (N, Tp)
     n = prompt_ids.shape[0]
     dec = Decoder(policy, prompt_ids, prompt_mask, max_new_tokens, pad_id=pad_id,
                   temperature=temperature, generator=generator)  # prefills the prompts
@@ -84,8 +100,8 @@ def collect_rollout(envs, policy: GPT, prompts: list[str], *, max_new_tokens: in
     steps = []  # (tokens (N,), log-probs (N,), alive (N,)) per step
     for _ in range(max_new_tokens):
         tokens, logp = dec.sample()  # (N,) pad and 0 on rows whose episode ended
-        steps.append((tokens, logp, torch.from_numpy(~done)))
-        _, reward, terminated, _, infos = envs.step(tokens.numpy())
+        steps.append((tokens, logp, torch.from_numpy(~done).to(dev)))
+        _, reward, terminated, _, infos = envs.step(tokens.cpu().numpy())
         finished = terminated & ~done  # (N,) rows whose episode ended now
         if finished.any():
             idx = np.flatnonzero(finished)
@@ -95,13 +111,77 @@ def collect_rollout(envs, policy: GPT, prompts: list[str], *, max_new_tokens: in
             for i in idx:
                 responses[i] = infos["response"][i]
         done |= finished
-        if not dec.advance(tokens, torch.from_numpy(finished)):  # computes live rows only
+        if not dec.advance(tokens, torch.from_numpy(finished).to(dev)):  # live rows only
             break
     # (N, T) each, T = the steps taken (the longest response)
     tokens_out, logp_out, mask_out = (torch.stack(column, 1) for column in zip(*steps))
     return Rollout(prompt_ids, prompt_mask, tokens_out, mask_out, logp_out,
-                   torch.from_numpy(scores), torch.from_numpy(gold), torch.from_numpy(eos),
-                   list(prompts), responses, time.perf_counter() - t0)
+                   torch.from_numpy(scores).to(dev), torch.from_numpy(gold).to(dev),
+                   torch.from_numpy(eos).to(dev), list(prompts), responses,
+                   time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def collect_dialogue_rollout(envs, policy: GPT, prompts: list[str], *, temperature: float,
+                             generator: torch.Generator, pad_id: int) -> Rollout:
+    """One whole dialogue per env of a multi-turn task: the policy writes the agent's
+    turns, the env appends the user's replies. The policy decodes on an `IncrementalDecoder`
+    that reads the env's tokens, so a reply is prefilled into its KV cache, not recomputed.
+    The Rollout's response is the transcript; `agent_mask` marks the agent's tokens. Rows
+    whose dialogue ended feed pad until every row is done (their autoreset is ignored)."""
+    t0 = time.perf_counter()
+    policy.eval()
+    obs, _ = envs.reset(options={"prompts": list(prompts)})
+    core = envs.unwrapped.core
+    dev = next(policy.parameters()).device
+    prompt_ids, prompt_mask = (t.to(dev) for t in prompt_ids_from_obs(obs, pad_id))  # (N, Tp)
+    n = len(prompts)
+    prompt_len = core.prompt_len.copy()  # (N,)
+    decoder = IncrementalDecoder(policy, n, 2 * core.seq_len)
+    done = np.zeros(n, dtype=bool)
+    scores, gold = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    eos = np.zeros(n, dtype=bool)
+    responses = [""] * n
+    final_tokens = np.full((n, core.seq_len), pad_id, dtype=np.int64)  # (N, L)
+    final_agent = np.zeros((n, core.seq_len), dtype=bool)  # (N, L)
+    final_len = np.zeros(n, dtype=np.int64)  # (N,) transcript tokens
+    logp_at = np.zeros((n, core.seq_len), dtype=np.float32)  # (N, L) log-prob of each action
+    total = prompt_len.copy()  # (N,) tokens per row, as the decoder last saw them
+    logits = decoder.advance(core.tokens, total, np.ones(n, dtype=bool),
+                             np.zeros(n, dtype=np.int64), ~done, pad_id)  # (N, V)
+    while not done.all():
+        tokens, logp = sample_from_logits(logits, temperature, generator=generator)  # (N,)
+        tokens, logp = tokens.numpy(), logp.numpy()
+        tokens[done] = pad_id
+        rows = np.flatnonzero(~done)
+        logp_at[rows, total[rows]] = logp[rows]  # the action lands at column total[i]
+        _, reward, terminated, _, infos = envs.step(tokens)
+        finished = terminated & ~done  # (N,) rows whose dialogue ended now
+        for i in np.flatnonzero(finished):
+            scores[i], gold[i] = reward[i], infos["gold_score"][i]
+            eos[i], responses[i] = infos["eos"][i], infos["response"][i]
+            final_len[i] = core.resp_len[i]
+            final_tokens[i], final_agent[i] = core.tokens[i], core.agent_mask[i]
+        done |= finished
+        new_total = core.prompt_len + core.resp_len  # (N,)
+        grew = np.where(done, 0, new_total - total)  # (N,) the action, plus any reply
+        total = np.where(done, total, new_total)
+        if not done.all():
+            logits = decoder.advance(core.tokens, total, np.zeros(n, dtype=bool), grew, ~done,
+                                     pad_id)
+    # The transcripts, right-padded: (N, Tr), Tr = the longest.
+    width = int(final_len.max())
+    cols = prompt_len[:, None] + np.arange(width)[None, :]  # (N, Tr) columns in the env rows
+    cols = np.minimum(cols, core.seq_len - 1)
+    real = np.arange(width)[None, :] < final_len[:, None]  # (N, Tr)
+    take = lambda a, fill: np.where(real, np.take_along_axis(a, cols, 1), fill)  # noqa: E731
+    response_ids = torch.from_numpy(take(final_tokens, pad_id)).to(dev)
+    agent_mask = torch.from_numpy(take(final_agent, False)).to(dev)
+    logps = torch.from_numpy(take(logp_at, 0.0)).to(dev) * agent_mask
+    return Rollout(prompt_ids, prompt_mask, response_ids, torch.from_numpy(real).to(dev), logps,
+                   torch.from_numpy(scores).to(dev), torch.from_numpy(gold).to(dev),
+                   torch.from_numpy(eos).to(dev), list(prompts), responses,
+                   time.perf_counter() - t0, agent_mask=agent_mask)
 
 
 def sequence_batch(prompt_ids, prompt_mask, response_ids, response_mask):
@@ -145,7 +225,7 @@ def response_logprobs(model: GPT, rollout: Rollout, temperature: float,
     out = [logprobs_of(forward_responses(model, rollout, rows), rollout.response_ids[rows],
                        temperature)
            for rows in torch.arange(n).split(batch_size)]
-    return torch.cat(out) * rollout.response_mask
+    return torch.cat(out) * rollout.action_mask
 
 
 def rollout_metrics(rollout: Rollout, seq_kl: torch.Tensor) -> dict:

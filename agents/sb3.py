@@ -117,6 +117,8 @@ def policy_as_gpt(model) -> GPT:
     SB3's action head), so textenv's KV-cache rollouts and evaluation apply to it."""
     policy = model.policy
     trunk: GPT = policy.features_extractor.gpt
+    if not isinstance(trunk, GPT):  # a Hugging Face policy (textenv.hf.HFCausalLM)
+        return trunk.with_lm_head(policy.action_net.weight.detach()).eval().requires_grad_(False)
     gpt = GPT(replace(trunk.config, tie_embeddings=False))
     state = {k: v for k, v in trunk.state_dict().items() if k != "lm_head.weight"}
     state["lm_head.weight"] = policy.action_net.weight.detach().clone()

@@ -39,10 +39,12 @@ import torch
 from torch import nn
 
 import textenv  # noqa: F401  (registers TextGen-v0)
+from agents import distributed
+from agents.distributed import World
 from agents.evaluation import EvalSet, Evaluator
 from agents.rollout import collect_rollout, make_envs
 from textenv.assets import load_reference, load_tokenizer, resolve_assets_dir
-from textenv.model import GPT
+from textenv.model import GPT, resolve_device
 from textenv.runlog import Progress, RunLogger
 from textenv.storage import (
     Checkpoints,
@@ -91,9 +93,11 @@ class RunConfig:
     """Directory of the SFT policy, tokenizer and reward model (default: the task's shipped
     assets, textenv/assets/TASK/)."""
     num_envs: int = 64
-    """Responses per rollout (envs of the vector env)."""
-    max_new_tokens: int = 40
-    """Response length limit."""
+    """Responses per rollout (envs of the vector env), over all processes: under torchrun
+    each process owns num_envs / nproc of them."""
+    max_new_tokens: int | None = None
+    """Response length limit (default: the task's own, 40 tokens for reviews; for a
+    dialogue, the agent's tokens over all its turns)."""
     temperature: float = 1.0
     """Sampling temperature (log-probs are taken under it everywhere)."""
     reward: str = "learned"
@@ -105,6 +109,10 @@ class RunConfig:
     max_abs_weight: float = 1000.0
     """Divergence guard: stop (keeping the last good checkpoint) once any weight's magnitude
     exceeds this (the shipped SFT policy's largest is about 1.3)."""
+    device: str = "auto"
+    """Where the policy, reference, reward model and their tensors live: "cpu", "cuda",
+    "cuda:N" or "auto" (cuda if available, else cpu). Under torchrun, "cuda"/"auto" give
+    each process cuda:LOCAL_RANK."""
 
 
 # ---- what every algorithm starts from --------------------------------------------------------
@@ -119,10 +127,17 @@ class Setup:
     evaluator: Evaluator  # the fixed evaluation, shared by every run of this task and assets
     reward_scale: float  # multiplies the env reward in the RL objective (normalize_reward)
     prompt_rng: np.random.Generator
-    generator: torch.Generator
+    generator: torch.Generator  # on the CPU whatever the device: one stream, saved as is
+    device: torch.device = torch.device("cpu")
+    world: World = World()  # this process's rank and the number of processes
 
     def sample_prompts(self, n: int, group_size: int = 1) -> list[str]:
-        """n training prompts; each distinct prompt repeated `group_size` times in a row."""
+        """This process's share of n training prompts (all of them with one process); each
+        distinct prompt repeated `group_size` times in a row."""
+        n = self.world.local_envs(n)
+        if n % group_size:
+            raise ValueError(f"each of the {self.world.size} processes gets {n} envs, not a "
+                             f"multiple of the group size {group_size}")
         distinct = [self.task.sample_prompt(self.prompt_rng, "train")
                     for _ in range(n // group_size)]
         return [p for p in distinct for _ in range(group_size)]
@@ -137,16 +152,27 @@ def set_seed(seed: int) -> None:
 
 def setup(cfg: RunConfig) -> Setup:
     torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    world = distributed.init(device)  # one process unless started by torchrun
+    if device.type == "cuda" and world.size > 1 and device.index is None:
+        device = torch.device("cuda", world.local_rank)  # one GPU per process
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    seed = world.seed(cfg.seed)  # rank 0: cfg.seed; other ranks: their own streams
+    set_seed(seed)
     assets_dir = resolve_assets_dir(cfg.assets_dir, cfg.task)
-    envs = make_envs(cfg.num_envs, task=cfg.task, reward=cfg.reward,
-                     max_new_tokens=cfg.max_new_tokens, assets_dir=assets_dir)
-    evaluator = shared_evaluator(str(assets_dir), cfg.task, cfg.max_new_tokens, cfg.temperature)
-    tokenizer, task, reference = (load_tokenizer(assets_dir), make_task(cfg.task, assets_dir),
-                                  load_reference(assets_dir))
+    task = make_task(cfg.task, assets_dir)
+    if cfg.max_new_tokens is None:  # resolved here, so config.json records the value used
+        cfg.max_new_tokens = task.max_response_tokens
+    envs = make_envs(world.local_envs(cfg.num_envs), task=cfg.task, reward=cfg.reward,
+                     max_new_tokens=cfg.max_new_tokens, assets_dir=assets_dir,
+                     device=str(device))
+    evaluator = shared_evaluator(str(assets_dir), cfg.task, cfg.max_new_tokens, cfg.temperature,
+                                 str(device))
+    tokenizer, reference = load_tokenizer(assets_dir), load_reference(assets_dir, str(device))
     scale = 1.0 / sft_reward_std(reference, envs, task, cfg) if cfg.normalize_reward else 1.0
     return Setup(tokenizer, task, reference, envs, evaluator, scale,
-                 np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed))
+                 np.random.default_rng(seed), torch.Generator().manual_seed(seed), device, world)
 
 
 @torch.no_grad()
@@ -176,11 +202,12 @@ def sft_reward_std(reference: GPT, envs, task: Task, cfg: RunConfig) -> float:
 
 @lru_cache(maxsize=4)
 def shared_evaluator(assets_dir: str, task: str, max_new_tokens: int,
-                     temperature: float) -> Evaluator:
-    """One Evaluator per (assets, task, length, temperature) in a process: the SFT policy's
-    own samples (the win-rate baseline) are drawn once for all the runs of a comparison."""
-    return Evaluator(load_reference(assets_dir), task=task, assets_dir=assets_dir,
-                     max_new_tokens=max_new_tokens, temperature=temperature)
+                     temperature: float, device: str = "cpu") -> Evaluator:
+    """One Evaluator per (assets, task, length, temperature, device) in a process: the SFT
+    policy's own samples (the win-rate baseline) are drawn once for all the runs of a
+    comparison."""
+    return Evaluator(load_reference(assets_dir, device), task=task, assets_dir=assets_dir,
+                     max_new_tokens=max_new_tokens, temperature=temperature, device=device)
 
 
 def final_evaluation(policy: GPT, s: Setup, cfg: RunConfig) -> dict:
@@ -263,25 +290,44 @@ def check_finite(loss: torch.Tensor, iteration: int) -> None:
                               f"the last good checkpoint is kept")
 
 
-def save_checkpoint(directory: Path, algo: Algorithm, state: dict) -> None:
+def rng_states(s: Setup) -> dict:
+    """This process's random streams: the run's torch generator, torch's global one and
+    the prompt sampler's."""
+    return {"torch_generator": s.generator.get_state(), "torch_global": torch.get_rng_state(),
+            "prompt_rng": s.prompt_rng.bit_generator.state}
+
+
+def _rng_prefix(rank: int) -> str:
+    return "rng." if rank == 0 else f"rng.rank{rank}."
+
+
+def save_checkpoint(directory: Path, algo: Algorithm, state: dict,
+                    rngs: list[dict] | None = None) -> None:
     """One checkpoint set into `directory`: weights (safetensors), optimizer state
-    (torch.save, read back with weights_only=True), RNG states, and state.json."""
+    (torch.save, read back with weights_only=True), RNG states (`rngs`: every rank's, in
+    rank order; default this process's), and state.json."""
     tensors = {f"{name}.{k}": v for name, m in algo.modules.items()
                for k, v in m.state_dict().items()}
-    tensors["rng.torch_generator"] = algo.setup.generator.get_state()
-    tensors["rng.torch_global"] = torch.get_rng_state()
+    for rank, rng in enumerate(rngs or [rng_states(algo.setup)]):
+        tensors[_rng_prefix(rank) + "torch_generator"] = rng["torch_generator"]
+        tensors[_rng_prefix(rank) + "torch_global"] = rng["torch_global"]
     save_tensors(directory / "model.safetensors", tensors)
     torch.save(algo.optimizer.state_dict(), directory / "optimizer.pt")
     write_json(directory / "state.json", state)
 
 
 def load_checkpoint(directory: Path, algo: Algorithm) -> dict:
-    """Restore what `save_checkpoint` wrote; returns the trainer state (state.json).
-    A missing, corrupt or mismatched file raises a ValueError naming it."""
+    """Restore what `save_checkpoint` wrote (this rank's random streams); returns the trainer
+    state (state.json). A missing, corrupt or mismatched file raises a ValueError naming it."""
     state = read_json(directory / "state.json", "checkpoint state")
     for key in ("iteration", "env_steps", "algorithm"):
         if key not in state:
             raise ValueError(f"checkpoint state {directory / 'state.json'} has no {key!r}")
+    world = algo.setup.world
+    if state.get("world_size", 1) != world.size:
+        raise ValueError(f"checkpoint {directory} was written by {state.get('world_size', 1)} "
+                         f"process(es), this run has {world.size}: resume with the same "
+                         f"number of processes (torchrun --nproc_per_node)")
     w_path = directory / "model.safetensors"
     tensors = load_tensors(w_path)
     for name, m in algo.modules.items():
@@ -295,8 +341,8 @@ def load_checkpoint(directory: Path, algo: Algorithm) -> dict:
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"checkpoint {w_path} does not match the model: {e}") from e
     try:
-        algo.setup.generator.set_state(tensors["rng.torch_generator"])
-        torch.set_rng_state(tensors["rng.torch_global"])
+        algo.setup.generator.set_state(tensors[_rng_prefix(world.rank) + "torch_generator"])
+        torch.set_rng_state(tensors[_rng_prefix(world.rank) + "torch_global"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f"checkpoint {w_path}: bad or missing RNG state ({e!r})") from e
     opt_path = directory / "optimizer.pt"
@@ -305,7 +351,8 @@ def load_checkpoint(directory: Path, algo: Algorithm) -> dict:
     except Exception as e:  # torch raises several types on truncated or foreign files
         raise ValueError(f"could not read optimizer state {opt_path}: {e}") from e
     try:
-        algo.setup.prompt_rng.bit_generator.state = state["prompt_rng"]
+        algo.setup.prompt_rng.bit_generator.state = (
+            state["prompt_rng"] if world.rank == 0 else state["rank_prompt_rngs"][world.rank - 1])
         algo.load_state_dict(state["algorithm"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint state {directory / 'state.json'}: bad 'algorithm' "
@@ -317,9 +364,13 @@ def run(algo: Algorithm, cfg: RunConfig, name: str) -> dict:
     """Train `algo` until `cfg.total_env_steps` env steps are spent; see the module doc.
 
     Returns {"final": final evaluation, "samples": its (prompt, response, gold, reward),
-    "history": the metric rows, "run_dir", "interrupted", "iterations"}.
+    "history": the metric rows, "run_dir", "interrupted", "iterations"}. Under torchrun
+    every rank trains; rank 0 alone locks the run directory, logs, evaluates and checkpoints
+    (the other ranks return "final": None and no history).
     """
     run_dir = Path(cfg.run_dir)
+    if not algo.setup.world.is_main:
+        return _run_locked(algo, cfg, name, run_dir)
     with RunDirLock(run_dir):
         return _run_locked(algo, cfg, name, run_dir)
 
@@ -327,6 +378,9 @@ def run(algo: Algorithm, cfg: RunConfig, name: str) -> dict:
 def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> dict:
     checkpoints = Checkpoints(run_dir)
     iteration, env_steps, gradient_steps = 0, 0, 0
+    main = algo.setup.world.is_main  # the process that logs, evaluates and checkpoints
+    for module in algo.modules.values():  # several processes: gradients averaged over them
+        distributed.average_gradients(module)
 
     def count_step(*_) -> None:  # gradient steps are reported beside env steps
         nonlocal gradient_steps
@@ -342,17 +396,22 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
         gradient_steps = state.get("gradient_steps", 0)
         for group in algo.optimizer.param_groups:  # the config's, not the saved optimizer's
             group["lr"] = getattr(cfg, "learning_rate", group["lr"])
-        print(f"resuming from {latest} (iteration {iteration}, {env_steps} env steps)")
-    logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, resume=cfg.resume)
-    logger.truncate(iteration)
-    write_json(run_dir / "config.json", asdict(cfg))
+        if main:
+            print(f"resuming from {latest} (iteration {iteration}, {env_steps} env steps)")
+    logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, resume=cfg.resume) if main else None
+    if main:
+        logger.truncate(iteration)
+        write_json(run_dir / "config.json", {**asdict(cfg), "world_size": algo.setup.world.size})
 
     def checkpoint() -> None:
+        rngs = distributed.gather(rng_states(algo.setup))  # every rank's streams, rank order
         state = {"iteration": iteration, "env_steps": env_steps, "name": name,
-                 "gradient_steps": gradient_steps,
-                 "prompt_rng": algo.setup.prompt_rng.bit_generator.state,
-                 "algorithm": algo.state_dict()}
-        checkpoints.save(iteration, lambda d: save_checkpoint(d, algo, state))
+                 "gradient_steps": gradient_steps, "prompt_rng": rngs[0]["prompt_rng"],
+                 "algorithm": algo.state_dict(), "world_size": len(rngs)}
+        if len(rngs) > 1:
+            state["rank_prompt_rngs"] = [r["prompt_rng"] for r in rngs[1:]]
+        if main:
+            checkpoints.save(iteration, lambda d: save_checkpoint(d, algo, state, rngs))
 
     interrupted = False
 
@@ -363,7 +422,7 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
     old_handler = signal.signal(signal.SIGINT, on_sigint)
     t_start = time.perf_counter()
     bar = Progress(cfg.total_env_steps, desc=name, unit="tok", initial=env_steps,
-                   enabled=cfg.progress)
+                   enabled=cfg.progress and main)
     try:
         while env_steps < cfg.total_env_steps:
             iteration += 1
@@ -375,16 +434,21 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
                            f"last good checkpoint is kept)")
                 raise
             check_weights(algo, iteration, cfg.max_abs_weight)
+            metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+            # Several processes: the mean over them (env steps: the sum), and a stop seen by
+            # one (Ctrl-C) is taken by all.
+            metrics = distributed.reduce_metrics(metrics, summed=("charts/env_steps_iter",))
+            interrupted = distributed.any_rank(interrupted)
             steps = int(metrics.pop("charts/env_steps_iter"))
             env_steps += steps
-            metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
             metrics["charts/tokens_per_second"] = steps / (time.perf_counter() - t_iter)
             metrics["charts/env_steps"] = env_steps
             metrics["charts/gradient_steps"] = gradient_steps
             metrics["charts/wall_clock"] = time.perf_counter() - t_start
-            if cfg.eval_every and iteration % cfg.eval_every == 0:
+            if main and cfg.eval_every and iteration % cfg.eval_every == 0:
                 metrics.update(curve_evaluation(algo.policy, algo.setup, cfg))
-            logger.log(iteration, metrics)
+            if main:
+                logger.log(iteration, metrics)
             bar.update(steps, gold=metrics.get("env/gold_mean", float("nan")),
                        reward=metrics.get("env/reward_mean", float("nan")),
                        kl=metrics.get("objective/kl", float("nan")))
@@ -392,13 +456,18 @@ def _run_locked(algo: Algorithm, cfg: RunConfig, name: str, run_dir: Path) -> di
                     or env_steps >= cfg.total_env_steps):
                 checkpoint()
             if interrupted:
-                print(f"\ninterrupted: checkpoint saved at iteration {iteration} in "
-                      f"{checkpoints.root}")
+                if main:
+                    print(f"\ninterrupted: checkpoint saved at iteration {iteration} in "
+                          f"{checkpoints.root}")
                 break
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old_handler)
-        logger.close()
+        if main:
+            logger.close()
+    if not main:
+        return {"final": None, "samples": [], "history": [], "run_dir": str(run_dir),
+                "interrupted": interrupted, "iterations": iteration}
     final = final_evaluation(algo.policy, algo.setup, cfg)
     final_metrics = {k: v for k, v in final.items() if k != "samples"}
     final_metrics["charts/env_steps"] = env_steps

@@ -74,6 +74,12 @@ def degenerate_suite(task: Task | str, prompts: Sequence[str], rng: np.random.Ge
     return items
 
 
+def has_degenerate_suite(task: Task | str) -> bool:
+    """Whether `degenerate_suite` writes responses for `task` (reviews only: other tasks
+    record no degenerate-text metric)."""
+    return isinstance(make_task(task), ReviewsTask)
+
+
 def fraction_above(items: Sequence[Item], scores: Sequence[float],
                    threshold: float = 0.0) -> dict[str, float]:
     """The fraction of `items` whose reward is above `threshold` (default: the SFT mean of

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
-from reward_models.degenerate import degenerate_suite, fraction_above
+from reward_models.degenerate import degenerate_suite, fraction_above, has_degenerate_suite
 from textenv.assets import load_policy, load_tokenizer, resolve_assets_dir
 from textenv.lm import generate_text
 from textenv.model import GPT
+from textenv.pipeline import generate_dialogues
 from textenv.rewards import RewardEnsemble, RewardModel
 from textenv.storage import write_json
 from textenv.tasks import make_task
@@ -135,9 +136,14 @@ def score_records(rm, records: Sequence[PreferenceRecord]) -> list[np.ndarray]:
 
 def sample_policy(policy: GPT, tokenizer: Tokenizer, prompts: Sequence[str], *,
                   max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
-                  batch_size: int = 256) -> list[str]:
-    """One response per prompt (ending with `<eos>` when terminated), reproducible by seed."""
+                  batch_size: int = 256, task=None, split: str = "train") -> list[str]:
+    """One response per prompt (ending with `<eos>` when terminated), reproducible by seed.
+    For a multi-turn `task`: one whole dialogue with its simulated user per prompt (hidden
+    preferences drawn from `seed` among the games of `split`)."""
     gen = torch.Generator().manual_seed(seed)
+    if task is not None and hasattr(task, "user_reply"):
+        return generate_dialogues(policy, tokenizer, task, list(prompts), temperature=temperature,
+                                  generator=gen, seed=seed, split=split, batch_size=batch_size)
     return generate_text(policy, tokenizer, list(prompts), max_new_tokens=max_new_tokens,
                          temperature=temperature, generator=gen, batch_size=batch_size)
 
@@ -186,13 +192,16 @@ def evaluate_reward_model(rm, task, sft: GPT, tokenizer: Tokenizer, cfg: RMEvalC
     runs = {"sft": (sft, 1.0), "drift": (sft, cfg.drift_temperature), **(policies or {})}
     for i, (name, (policy, temperature)) in enumerate(runs.items()):
         responses = sample_policy(policy, tokenizer, prompts, temperature=temperature,
-                                  seed=cfg.seed + i, max_new_tokens=task.max_response_tokens)
+                                  seed=cfg.seed + i, max_new_tokens=task.max_response_tokens,
+                                  task=task, split="eval")
         c = correlation_with_gold(rm, prompts, responses, task.gold_score)
         out[f"rm_spearman_gold_{name}"] = c["spearman"]
         out[f"rm_mean_score_{name}"] = c["rm_mean"]
         out[f"gold_mean_{name}"] = c["gold_mean"]
     # Degenerate text (gold <= 0.2) on held-out prompts: how much of it does the reward
     # score above the SFT mean (0 after calibration)? A policy would find and exploit it.
+    if not has_degenerate_suite(task):  # reviews only (no dialogues, no arithmetic)
+        return out
     items = degenerate_suite(task, task.prompts("test"), np.random.default_rng(cfg.seed))
     scores = rm.score([p for p, _, _ in items], [r for _, r, _ in items]).tolist()
     above = fraction_above(items, scores, threshold=0.0)

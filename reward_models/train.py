@@ -43,6 +43,7 @@ import torch
 from reward_models.data import PairwiseRecord, PreferenceRecord, RankedRecord, read_preferences
 from reward_models.losses import kwise_loss, pairwise_loss
 from textenv.assets import load_policy, load_tokenizer, resolve_assets_dir
+from textenv.hf import HFCausalLM, HFRewardModel, HFTokenizer
 from textenv.lm import warmup_cosine
 from textenv.rewards import RewardModel
 from textenv.runlog import Progress, RunLogger
@@ -300,6 +301,8 @@ def train_reward_model(rm: RewardModel, train_records: Sequence[PreferenceRecord
     rng = np.random.default_rng(cfg.seed)
     rm.transformer.requires_grad_(True)
     if cfg.freeze_layers > 0:
+        if not hasattr(rm.transformer, "blocks"):
+            raise ValueError(f"freeze_layers needs textenv's own reward model, not {rm!r}")
         frozen = [rm.transformer.tok_emb, rm.transformer.pos_emb,
                   *rm.transformer.blocks[:cfg.freeze_layers]]
         for module in frozen:
@@ -500,7 +503,12 @@ def main(args: TrainRewardModelArgs) -> dict:
                   else load_policy(args.calibration_policy, args.init_dir, tokenizer))
         calibration = calibration_set(policy, tokenizer, make_task(args.task, args.init_dir),
                                       args.calibration_samples, seed=args.train.seed + 12345)
-    tokenizer.save(args.out_dir / "tokenizer.json")
+    hf = isinstance(lm, HFCausalLM)  # a Hugging Face LM: the reward model is one too
+    if hf and args.n_models > 1:
+        raise SystemExit("error: ensembles of Hugging Face reward models are not supported; "
+                         "use --n-models 1")
+    if not isinstance(tokenizer, HFTokenizer):  # an HF tokenizer is saved with the model
+        tokenizer.save(args.out_dir / "tokenizer.json")
     extra = {"trained_by": "textenv reward", "data": str(args.data),
              "init": f"{args.init_dir}/{args.init_name}", "config": asdict(args.train)}
 
@@ -512,8 +520,8 @@ def main(args: TrainRewardModelArgs) -> dict:
         ens.save(args.out_dir, name)
         summary = {"members": [{"best_step": r.best_step, **r.best_val} for r in results]}
     else:
-        rm = RewardModel.from_lm(lm, tokenizer, head_init_std=args.train.head_init_std,
-                                 seed=args.train.seed)
+        rm = (HFRewardModel if hf else RewardModel).from_lm(
+            lm, tokenizer, head_init_std=args.train.head_init_std, seed=args.train.seed)
         try:
             result = train_reward_model(rm, records, args.train, val_records=val,
                                         run_dir=run_dir)
@@ -531,5 +539,5 @@ def main(args: TrainRewardModelArgs) -> dict:
                    "val": result.best_val, "seconds": result.seconds,
                    "gain": rm.gain, "bias": rm.bias}
     print(json.dumps(summary, indent=2))
-    print(f"saved to {args.out_dir / name}.json; logs in {run_dir}")
+    print(f"saved to {args.out_dir / name}{'/' if hf else '.json'}; logs in {run_dir}")
     return summary

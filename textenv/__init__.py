@@ -25,7 +25,8 @@ import gymnasium as gym
 # Every built-in task also has an id of its own: gym.make("TextGen-Arithmetic-v0") is
 # gym.make("TextGen-v0", task="arithmetic"). tests/test_tasks.py checks this list against
 # textenv.tasks.TASKS (kept literal here so that importing textenv imports no task code).
-TASK_IDS = {"reviews": "TextGen-Reviews-v0"}
+TASK_IDS = {"reviews": "TextGen-Reviews-v0", "arithmetic": "TextGen-Arithmetic-v0",
+            "dialogue": "TextGen-Dialogue-v0", "sequences": "TextGen-Sequences-v0"}
 
 if "TextGen-v0" not in gym.registry:
     gym.register(

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from textenv.model import GPT
-from textenv.tokenizer import WordTokenizer
+from textenv.tokenizer import Tokenizer, load_tokenizer_file
 
 ASSETS_ROOT = Path(__file__).resolve().parent / "assets"
 """The shipped assets: one directory per built-in task."""
@@ -60,16 +60,31 @@ def _check(directory: Path, *names: str) -> None:
                 f"(rebuild the default assets with `textenv build-assets`)")
 
 
-def load_tokenizer(directory: str | Path = ASSETS_DIR) -> WordTokenizer:
+def load_tokenizer(directory: str | Path = ASSETS_DIR) -> Tokenizer:
+    """The tokenizer of `directory`: a `WordTokenizer` or a `BPETokenizer`, as its
+    tokenizer.json says; without one, the tokenizer saved in a Hugging Face model directory
+    `sft/` (else `base/`, else `reward/`), see textenv/hf.py."""
     directory = Path(directory)
+    if not (directory / "tokenizer.json").exists():
+        from textenv.hf import HFTokenizer, hf_tokenizer_dir  # optional `transformers`
+
+        if (source := hf_tokenizer_dir(directory)) is not None:
+            return HFTokenizer.from_dir(source)
     _check(directory, "tokenizer.json")
-    return WordTokenizer.load(directory / "tokenizer.json")
+    return load_tokenizer_file(directory / "tokenizer.json")
 
 
 def load_policy(name: str = "sft", directory: str | Path = ASSETS_DIR,
-                tokenizer: WordTokenizer | None = None) -> GPT:
-    """Load a shipped LM (`"sft"` or `"base"`) and check it matches the tokenizer."""
+                tokenizer: Tokenizer | None = None) -> GPT:
+    """Load a shipped LM (`"sft"` or `"base"`) and check it matches the tokenizer. A
+    directory `name/` saved with Hugging Face's save_pretrained is loaded as a
+    `textenv.hf.HFCausalLM` (same interface)."""
     directory = Path(directory)
+    from textenv.hf import HFCausalLM, hf_dir  # imports `transformers` only when used
+
+    if (path := hf_dir(directory, name)) is not None:
+        tokenizer = tokenizer or load_tokenizer(directory)
+        return HFCausalLM.from_dir(path, tokenizer)
     _check(directory, f"{name}.json", f"{name}.safetensors")
     model = GPT.load(directory, name)
     tokenizer = tokenizer or load_tokenizer(directory)
@@ -77,7 +92,7 @@ def load_policy(name: str = "sft", directory: str | Path = ASSETS_DIR,
     return model
 
 
-def check_vocab(model_vocab: int, tokenizer: WordTokenizer, where: Path | str) -> None:
+def check_vocab(model_vocab: int, tokenizer: Tokenizer, where: Path | str) -> None:
     if model_vocab != tokenizer.vocab_size:
         raise ValueError(f"tokenizer/model vocab mismatch: {where} has vocab_size "
                          f"{model_vocab}, the tokenizer has {tokenizer.vocab_size} tokens")
@@ -89,12 +104,12 @@ def read_quality(directory: str | Path = ASSETS_DIR) -> dict:
     return json.loads((directory / "quality.json").read_text())
 
 
-def load_reference(directory: str | Path = ASSETS_DIR) -> GPT:
-    """The SFT policy of `directory` as the frozen reference policy: loaded once per
-    directory and shared read-only (envs, wrappers and agents reuse one copy)."""
-    return _load_reference(Path(directory).resolve())
+def load_reference(directory: str | Path = ASSETS_DIR, device: str = "cpu") -> GPT:
+    """The SFT policy of `directory` as the frozen reference policy on `device`: loaded once
+    per (directory, device) and shared read-only (envs, wrappers and agents reuse one copy)."""
+    return _load_reference(Path(directory).resolve(), str(device))
 
 
 @lru_cache(maxsize=8)
-def _load_reference(directory: Path) -> GPT:
-    return load_policy("sft", directory).requires_grad_(False)
+def _load_reference(directory: Path, device: str) -> GPT:
+    return load_policy("sft", directory).requires_grad_(False).to(device)

@@ -17,6 +17,8 @@ masks are wrappers (`textenv.wrappers`).
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +31,7 @@ from gymnasium import spaces
 
 from textenv.assets import load_tokenizer, resolve_assets_dir
 from textenv.lm import encode_prompt
+from textenv.model import resolve_device
 from textenv.rewards import RewardFn, as_scores, make_reward_fn
 from textenv.tasks import Task, check_task_name, make_task
 from textenv.tokenizer import Tokenizer
@@ -59,13 +62,18 @@ class EpisodeBatch:
     """
 
     def __init__(self, num_envs: int, *, task: str | Task, reward: str | RewardFn,
-                 max_new_tokens: int | None, assets_dir: str | Path | None):
+                 max_new_tokens: int | None, assets_dir: str | Path | None,
+                 device: str = "cpu", tokenizer: Tokenizer | None = None):
         if isinstance(task, str):
             check_task_name(task)  # unknown names raise, listing the valid ones
-        self.assets_dir = resolve_assets_dir(assets_dir, task)
+        # A tokenizer passed in (the asset build, before any assets exist) needs no assets.
+        self.assets_dir = (resolve_assets_dir(assets_dir, task)
+                           if tokenizer is None or assets_dir is not None else None)
         self.task: Task = make_task(task, self.assets_dir)
-        self.tokenizer: Tokenizer = _tokenizer(self.assets_dir)
-        self.reward_fn = make_reward_fn(reward, self.task, self.assets_dir)
+        self.tokenizer: Tokenizer = tokenizer if tokenizer is not None else _tokenizer(
+            self.assets_dir)
+        self.device = str(resolve_device(device))  # the reward model's and the reference's
+        self.reward_fn = make_reward_fn(reward, self.task, self.assets_dir, self.device)
         self.reward_is_gold = reward == "gold"  # then gold_score in info reuses the reward
         if max_new_tokens is None:
             max_new_tokens = self.task.max_response_tokens
@@ -95,6 +103,22 @@ class EpisodeBatch:
         self.step_count = 0  # start() and append() calls so far
         self.prompts: list[str] = [""] * self.n
 
+        # Multi-turn tasks (the task writes the user's replies): the agent's `<eos>` ends its
+        # turn, the user's reply is appended, and the task says when the episode ends.
+        self.multi_turn = hasattr(self.task, "user_reply")
+        if self.multi_turn:
+            need = self.task.max_turn_tokens + 1 + self.task.max_reply_tokens
+            if self.max_new_tokens < need:
+                raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for one "
+                                 f"turn and reply of task {self.task.name!r} (needs {need})")
+            self.agent_mask = np.zeros((self.n, self.seq_len), dtype=bool)  # (N, L) agent tokens
+            self.turn = np.zeros(self.n, dtype=np.int64)  # (N,) agent turns completed
+            self.turn_len = np.zeros(self.n, dtype=np.int64)  # (N,) tokens of the current turn
+            self.replied = np.zeros(self.n, dtype=bool)  # (N,) the user replied on this step
+            self.states: list[Any] = [None] * self.n  # the task's hidden state per row
+            self.transcripts: list[list[tuple[str, str]]] = [[] for _ in range(self.n)]
+            self.outcomes: list[str] = [""] * self.n
+
     # ---- episode starts ----
     def encode(self, prompt: str) -> list[int]:
         """[bos] + prompt ids; ValueError if longer than the task's max_prompt_tokens or if
@@ -119,8 +143,19 @@ class EpisodeBatch:
             except ValueError as e:
                 raise ValueError(f"prompt not valid for task {self.task.name!r}: {e}") from e
 
-    def start(self, rows: Sequence[int], prompts: Sequence[str]) -> None:
-        """Begin new episodes in `rows` with `prompts`."""
+    def start(self, rows: Sequence[int], prompts: Sequence[str],
+              rngs: Sequence[np.random.Generator] = (), split: str = "train") -> None:
+        """Begin new episodes in `rows` with `prompts`. A multi-turn task draws each row's
+        hidden state with that row's generator in `rngs` (among the games of `split`)."""
+        if self.multi_turn:
+            for i, prompt, rng in zip(rows, prompts, rngs, strict=True):
+                self.states[i] = self.task.new_dialogue(prompt, rng, split)
+                self.transcripts[i] = []
+                self.outcomes[i] = ""
+            rows_ = np.asarray(rows, dtype=np.int64)
+            self.agent_mask[rows_] = False
+            self.turn[rows_] = 0
+            self.turn_len[rows_] = 0
         for i, prompt in zip(rows, prompts):
             ids = self.encode(prompt)
             self.tokens[i] = self.pad_id
@@ -145,9 +180,55 @@ class EpisodeBatch:
         finished = np.zeros(self.n, dtype=bool)
         self.eos[rows] = acts == self.eos_id
         finished[rows] = self.eos[rows] | (self.resp_len[rows] >= self.max_new_tokens)
+        if self.multi_turn:  # an ended turn gets the user's reply; the task says if it is over
+            self.agent_mask[rows, self.prompt_len[rows] + self.resp_len[rows] - 1] = True
+            self.turn_len[rows] += 1
+            self.replied[:] = False
+            turn_over = finished[rows] | (self.turn_len[rows] >= self.task.max_turn_tokens)
+            for i in rows[turn_over]:
+                finished[i] = self._user_turn(i)
         self.done |= finished
         self.step_count += 1
         return finished
+
+    def _user_turn(self, i: int) -> bool:
+        """Row i's agent turn has ended: append the user's reply. True if the episode is over
+        (success or failure, the task's turn limit, or no room left for a turn and reply)."""
+        total = self.prompt_len[i] + self.resp_len[i]
+        turn = self.tokenizer.decode(self.tokens[i, total - self.turn_len[i]:total])
+        reply, outcome = self.task.user_reply(self.states[i], turn)
+        self.turn[i] += 1
+        self.turn_len[i] = 0
+        self.transcripts[i].append(("agent", turn))
+        ids = self.tokenizer.encode(reply)
+        if self.tokens[i, total - 1] != self.eos_id:  # cut off: the env closes the turn
+            ids = [self.eos_id] + ids  # so that the text tells where every turn ends
+        if len(ids) > self.max_new_tokens - self.resp_len[i]:
+            self.outcomes[i] = "length"  # the dialogue ran out of room: no reply
+            return True
+        self.tokens[i, total:total + len(ids)] = ids
+        self.resp_len[i] += len(ids)
+        self.transcripts[i].append(("user", reply))
+        self.replied[i] = True
+        room = self.max_new_tokens - self.resp_len[i]
+        need = self.task.max_turn_tokens + 1 + self.task.max_reply_tokens
+        if outcome is None and self.turn[i] >= self.task.max_turns:
+            outcome = "turn_limit"
+        elif outcome is None and room < need:
+            outcome = "length"
+        self.outcomes[i] = outcome or ""
+        return outcome is not None
+
+    def step_infos(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """Per-step info of `rows` of a multi-turn task: `turn` (agent turns completed) and,
+        when the user replied on this step, `user_reply`."""
+        infos = []
+        for i in rows:
+            info: dict[str, Any] = {"turn": int(self.turn[i])}
+            if self.replied[i]:
+                info["user_reply"] = self.transcripts[i][-1][1]
+            infos.append(info)
+        return infos
 
     def finish(self, rows: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Score the finished `rows` in ONE reward-function call.
@@ -170,6 +251,10 @@ class EpisodeBatch:
                 info["gold_score"] = float(self.task.gold_score(prompts[j], responses[j]))
             info["length"] = int(self.resp_len[i])
             info["eos"] = bool(self.eos[i])
+            if self.multi_turn:
+                info["turns"] = int(self.turn[i])
+                info["outcome"] = self.outcomes[i]
+                info["transcript"] = list(self.transcripts[i])
             infos.append(info)
         return scores, infos
 
@@ -199,8 +284,11 @@ class EpisodeBatch:
         col = np.arange(self.seq_len)[None, :]  # (1, L)
         real = col < (self.prompt_len + self.resp_len)[:, None]  # (N, L)
         prompt = col < self.prompt_len[:, None]  # (N, L)
-        return {"input_ids": ids, "attention_mask": real.astype(np.int64),
-                "prompt_mask": prompt.astype(np.int64)}
+        obs = {"input_ids": ids, "attention_mask": real.astype(np.int64),
+               "prompt_mask": prompt.astype(np.int64)}
+        if self.multi_turn:
+            obs["agent_mask"] = self.agent_mask.astype(np.int64)
+        return obs
 
     def text(self, i: int) -> str:
         response = self.tokenizer.decode(self.response_ids(i))
@@ -212,7 +300,10 @@ class EpisodeBatch:
             return ids
         if mode == "dict":
             mask = spaces.Box(0, 1, shape=(self.seq_len,), dtype=np.int64)
-            return spaces.Dict({"input_ids": ids, "attention_mask": mask, "prompt_mask": mask})
+            keys = ["input_ids", "attention_mask", "prompt_mask"]
+            if self.multi_turn:
+                keys.append("agent_mask")  # 1 on the agent's tokens, 0 on the user's
+            return spaces.Dict({k: ids if k == "input_ids" else mask for k in keys})
         raise ValueError(f"unknown observation_mode {mode!r}; valid: "
                          f"{', '.join(map(repr, OBSERVATION_MODES))}")
 
@@ -258,6 +349,14 @@ class TextGenEnv(gym.Env):
     `gold_score` (the task's ground truth), `length` (response tokens incl. `<eos>`) and
     `eos`.
 
+    Multi-turn tasks (those with `user_reply`, e.g. `task="dialogue"`): the agent's `<eos>`
+    (or `task.max_turn_tokens` tokens) ends its turn, and the same step appends the simulated
+    user's reply; the episode ends (terminated) on the task's success or failure, after
+    `task.max_turns` turns, or when no room is left for a turn and a reply. The observation
+    holds the whole dialogue (the dict observation adds `agent_mask`: 1 on the agent's
+    tokens); every step's info has `turn` and, when the user replied, `user_reply`; the last
+    adds `turns`, `outcome` and `transcript`, and `response` is the whole transcript.
+
     Keyword arguments:
         task: task name (`"reviews"`) or a `Task` object. Default `"reviews"`.
         reward: `"learned"` (the reward model in `assets_dir`, default), `"gold"` (the task's
@@ -275,6 +374,9 @@ class TextGenEnv(gym.Env):
         assets_dir: directory with `tokenizer.json`, `sft.*` (the reference policy) and
             `reward.*` (the learned reward model). Default: the task's shipped assets,
             `textenv/assets/<task>/`.
+        device: where the reward model (and the reference policy of the KL wrappers) run:
+            `"cpu"` (default), `"cuda"`, `"cuda:N"` or `"auto"` (cuda if available).
+            Observations, rewards and infos are numpy whatever the device.
 
     Prompts: `reset(options={"prompt": text})` fixes the prompt; otherwise it is sampled
     with `self.np_random` (same seed, same episode). A prompt longer than
@@ -286,11 +388,11 @@ class TextGenEnv(gym.Env):
     def __init__(self, *, task: str | Task = "reviews", reward: str | RewardFn = "learned",
                  max_new_tokens: int | None = None, observation_mode: str = "box",
                  render_mode: str | None = None, prompt_split: str = "train",
-                 assets_dir: str | Path | None = None):
+                 assets_dir: str | Path | None = None, device: str = "cpu"):
         check_render_mode(render_mode)
         check_prompt_split(prompt_split)
         self.core = EpisodeBatch(1, task=task, reward=reward, max_new_tokens=max_new_tokens,
-                                 assets_dir=assets_dir)
+                                 assets_dir=assets_dir, device=device)
         self.observation_mode = observation_mode
         self.observation_space = self.core.observation_space(observation_mode)
         self.action_space = spaces.Discrete(self.core.vocab_size)
@@ -322,8 +424,9 @@ class TextGenEnv(gym.Env):
             self.core.check_prompt(prompt)
         else:
             prompt = self.task.sample_prompt(self.np_random, self.prompt_split)
-        self.core.start([0], [prompt])
+        self.core.start([0], [prompt], [self.np_random], self.prompt_split)
         self._started = True
+        warn_if_mlp_reads_token_ids(self)
         if self.render_mode == "human":
             self.render()
         return self._obs(), {"prompt": prompt}
@@ -336,6 +439,8 @@ class TextGenEnv(gym.Env):
         action = self._check_action(action)
         finished = self.core.append(np.array([action]), np.array([True]))
         reward, info = 0.0, {}
+        if self.core.multi_turn:
+            info.update(self.core.step_infos(np.array([0]))[0])
         if finished[0]:
             scores, (final,) = self.core.finish(np.array([0]))
             reward = float(scores[0])
@@ -388,3 +493,49 @@ def text_to_rgb(text: str, width: int = 640, height: int = 160) -> np.ndarray:
              fontsize=8)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+
+
+# ---- a hint for generic agents -------------------------------------------------------------
+RAW_IDS_WARNING = (
+    "a stable-baselines3 policy that flattens its observation (\"MlpPolicy\" with no "
+    "features extractor of its own) is reading TextGen's raw token ids, which an MLP takes "
+    "as magnitudes. Wrap the env in textenv.wrappers.OneHotObservation (small vocabularies, "
+    "e.g. TextGen-Sequences-v0), or embed the ids with agents.sb3.lm_policy_kwargs(); see "
+    "docs/environment.md, section stable-baselines3.")
+_raw_ids_warned = False  # once per process
+
+
+def warn_if_mlp_reads_token_ids(env: TextGenEnv) -> None:
+    """Warn once (UserWarning) when a stable-baselines3 algorithm whose policy flattens the
+    observation reads this env's raw token ids.
+
+    Called at every reset until it has seen the algorithm: SB3 resets its envs from methods
+    of its algorithm (`learn`, `collect_rollouts`), so the algorithm is `self` in one of the
+    calling frames. It warns when that algorithm's observation space is still the env's int
+    Box (no encoding wrapper such as `OneHotObservation` in between) and its policy has no
+    features extractor of its own (SB3's default flattens). Costs nothing while SB3 is not
+    imported; envs reset by anything else (own agents, SB3's `check_env`) never warn.
+    """
+    global _raw_ids_warned
+    base_class = sys.modules.get("stable_baselines3.common.base_class")
+    if _raw_ids_warned or base_class is None or env.__dict__.get("_sb3_checked"):
+        return
+    frame, model = sys._getframe(1), None
+    for _ in range(20):  # SB3 -> its VecEnv -> a few wrappers -> here
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, base_class.BaseAlgorithm):
+            model = owner
+            break
+        frame = frame.f_back
+    if model is None:
+        return
+    env._sb3_checked = True
+    flatten = sys.modules["stable_baselines3.common.torch_layers"].FlattenExtractor
+    space = model.observation_space
+    raw_ids = isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.integer)
+    extractor = (model.policy_kwargs or {}).get("features_extractor_class", flatten)
+    if raw_ids and extractor is flatten:
+        _raw_ids_warned = True
+        warnings.warn(RAW_IDS_WARNING, UserWarning, stacklevel=2)

@@ -11,6 +11,7 @@ logits) as the row on its own. Pad tokens are never attended to as keys.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -26,6 +27,24 @@ from textenv.storage import (
     save_tensors,
     write_json,
 )
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available, else cpu; "cpu", "cuda" or "cuda:N" as they are.
+    A CUDA device on a machine without one raises (never a silent fall back to CPU)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not (device in ("cpu", "cuda")
+                                           or re.fullmatch(r"cuda:\d+", device)):
+        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}); use device='cpu' or 'auto'")
+    return torch.device(device)
 
 
 @dataclass
@@ -492,8 +511,10 @@ class Decoder:
         the sampling distribution (N,), 0 on finished rows."""
         uniform = None
         if self.temperature != 0:  # one draw per prompt row, used or not
+            # Drawn where the generator lives (a CPU generator can drive a CUDA model).
+            dev = self.rows.device if self.generator is None else self.generator.device
             uniform = torch.rand(self.n, generator=self.generator,
-                                 device=self.rows.device)[self.rows]  # (B,)
+                                 device=dev).to(self.rows.device)[self.rows]  # (B,)
         tok, lp = sample_from_logits(self.logits, self.temperature, self.top_k, self.top_p,
                                      uniform=uniform)  # (B,)
         tokens = torch.full((self.n,), self.pad_id, dtype=torch.long, device=tok.device)

@@ -59,7 +59,7 @@ from textenv.storage import (
     save_tensors,
     write_json,
 )
-from textenv.tokenizer import Tokenizer, WordTokenizer
+from textenv.tokenizer import Tokenizer, load_tokenizer_file
 
 FORMAT = "textenv-reward-model"
 FORMAT_VERSION = 1
@@ -176,6 +176,23 @@ class RewardModel(nn.Module):
                 self.train()
 
     @torch.no_grad()
+    def features(self, prompts: Sequence[str], responses: Sequence[str],
+                 batch_size: int | None = None) -> torch.Tensor:
+        """What the scalar head reads: the trunk's hidden state at each pair's last real
+        token, (B, C) float32 on CPU, in eval mode. A linear model on these frozen features
+        is a reward model that trains in seconds (docs/labs/, lab 4)."""
+        seqs = self.encode(prompts, responses)
+        out = torch.empty(len(seqs), self.config.n_embd)
+        bs = batch_size or self.batch_size
+        with self._eval_mode():
+            for i in range(0, len(seqs), bs):
+                ids, mask = self.collate(seqs[i:i + bs])  # (b, T) each
+                positions = torch.arange(ids.shape[1], device=ids.device).expand_as(mask)
+                last = torch.where(mask, positions, -1).max(1).values  # (b,)
+                out[i:i + bs] = self.transformer.trunk(ids, mask, readout=last).float().cpu()
+        return out  # (B, C)
+
+    @torch.no_grad()
     def raw_score(self, prompts: Sequence[str], responses: Sequence[str],
                   batch_size: int | None = None) -> torch.Tensor:
         """Raw scores (B,) float32 on CPU, in eval mode, in chunks of `batch_size`."""
@@ -206,8 +223,10 @@ class RewardModel(nn.Module):
         response, (B, T) with mask True on the tokens to read (holes are allowed: masked
         tokens are skipped, as if absent). One forward, no chunking; what the envs call,
         skipping a decode/encode round trip per finished episode."""
+        dev = self.head.weight.device  # the env's ids come from numpy, on the CPU
         with self._eval_mode():
-            raw = self.raw_scores_from_ids(input_ids, attention_mask, readout_only=True)
+            raw = self.raw_scores_from_ids(input_ids.to(dev), attention_mask.to(dev),
+                                           readout_only=True)
         raw = raw.float().cpu()  # (B,)
         return self.gain * raw + self.bias  # (B,)
 
@@ -266,7 +285,7 @@ class RewardModel(nn.Module):
             if not tok_path.is_file():
                 raise FileNotFoundError(f"tokenizer file not found: {tok_path} (pass "
                                         f"tokenizer=... to RewardModel.load)")
-            tokenizer = WordTokenizer.load(tok_path)
+            tokenizer = load_tokenizer_file(tok_path)
         if tokenizer.vocab_size != config.vocab_size:
             raise ValueError(f"tokenizer/model vocab mismatch: {cfg_path} has vocab_size "
                              f"{config.vocab_size}, the tokenizer has {tokenizer.vocab_size} "
@@ -367,7 +386,7 @@ class RewardEnsemble(nn.Module):
         for m in members:
             check_name(m, f"{path}: member name")
         if tokenizer is None:
-            tokenizer = WordTokenizer.load(directory / "tokenizer.json")
+            tokenizer = load_tokenizer_file(directory / "tokenizer.json")
         models = [RewardModel.load(directory, m, tokenizer=tokenizer) for m in members]
         return cls(models, mode=mode or stored_mode, k=stored_k if k is None else k)
 
@@ -386,28 +405,41 @@ learned reward model does this."""
 REWARD_PRESETS = ("learned", "gold", "ensemble")
 
 
+def has_reward_model(assets_dir: str | Path) -> bool:
+    """Whether `assets_dir` holds a reward model: `reward.json` (textenv's) or `reward/`
+    (a Hugging Face model directory, textenv/hf.py)."""
+    directory = Path(assets_dir)
+    return (directory / "reward.json").is_file() or (directory / "reward" / "config.json").is_file()
+
+
 @lru_cache(maxsize=8)
-def load_reward_model(assets_dir: Path) -> RewardModel:
-    """The reward model `reward.*` of `assets_dir`, loaded once per directory and shared
-    read-only between envs."""
+def load_reward_model(assets_dir: Path, device: str = "cpu") -> RewardModel:
+    """The reward model `reward.*` of `assets_dir` on `device`, loaded once per (directory,
+    device) and shared read-only between envs. A directory `reward/` saved with Hugging
+    Face's save_pretrained is loaded as a `textenv.hf.HFRewardModel` (same interface)."""
+    from textenv.hf import HFRewardModel, hf_dir  # imports `transformers` only when used
+
+    if hf_dir(assets_dir, "reward") is not None:
+        return HFRewardModel.load(assets_dir, "reward").requires_grad_(False).to(device)
     for name in ("reward.json", "reward.safetensors"):
         if not (assets_dir / name).is_file():
             raise FileNotFoundError(
                 f"reward model file not found: {assets_dir / name} (reward='learned' needs it; "
                 f"build the assets with `textenv build-assets`, or use reward='gold' or a "
                 f"callable)")
-    return RewardModel.load(assets_dir, "reward").requires_grad_(False)
+    return RewardModel.load(assets_dir, "reward").requires_grad_(False).to(device)
 
 
 @lru_cache(maxsize=8)
-def load_reward_ensemble(assets_dir: Path) -> RewardEnsemble:
-    """The ensemble `reward_ensemble.json` of `assets_dir`, loaded once per directory."""
+def load_reward_ensemble(assets_dir: Path, device: str = "cpu") -> RewardEnsemble:
+    """The ensemble `reward_ensemble.json` of `assets_dir` on `device`, loaded once per
+    (directory, device)."""
     if not (assets_dir / "reward_ensemble.json").is_file():
         raise FileNotFoundError(
             f"reward ensemble not found: {assets_dir / 'reward_ensemble.json'} "
             f"(reward='ensemble' needs one; train it with `textenv reward --n-models 3 "
             f"--out-dir {assets_dir}`, or use reward='learned' or 'gold')")
-    return RewardEnsemble.load(assets_dir).requires_grad_(False)
+    return RewardEnsemble.load(assets_dir).requires_grad_(False).to(device)
 
 
 class LearnedReward:
@@ -430,21 +462,25 @@ class GoldReward:
     def __init__(self, task):
         if not hasattr(task, "gold_score"):
             raise ValueError(f"reward='gold' needs a task with gold_score; {task!r} has none")
+        if not getattr(task, "has_gold", True):  # e.g. the user's data built without one
+            raise ValueError(f"reward='gold' needs a gold scorer; {task!r} has none")
         self.task = task
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         return [self.task.gold_score(p, r) for p, r in zip(prompts, responses)]
 
 
-def make_reward_fn(reward: str | RewardFn, task, assets_dir: str | Path) -> RewardFn:
-    """Resolve the `reward` argument of the envs into a batched scoring function."""
+def make_reward_fn(reward: str | RewardFn, task, assets_dir: str | Path,
+                   device: str = "cpu") -> RewardFn:
+    """Resolve the `reward` argument of the envs into a batched scoring function (a reward
+    model runs on `device`; its scores come back on the CPU)."""
     if callable(reward):
         return reward
     assets_dir = Path(assets_dir).resolve()
     if reward == "learned":
-        return LearnedReward(load_reward_model(assets_dir))
+        return LearnedReward(load_reward_model(assets_dir, str(device)))
     if reward == "ensemble":
-        return LearnedReward(load_reward_ensemble(assets_dir))
+        return LearnedReward(load_reward_ensemble(assets_dir, str(device)))
     if reward == "gold":
         return GoldReward(task)
     raise ValueError(f"unknown reward {reward!r}; valid: {', '.join(map(repr, REWARD_PRESETS))} "

@@ -35,7 +35,7 @@ from textenv.tokenizer import Tokenizer
 class TextGenVectorEnv(VectorEnv):
     """`num_envs` TextGen episodes in lockstep. Keyword arguments: `num_envs` plus the same
     ones as `textenv.env.TextGenEnv` (task, reward, max_new_tokens, observation_mode,
-    render_mode, prompt_split, assets_dir), with the same meaning.
+    render_mode, prompt_split, assets_dir, device), with the same meaning.
 
     Spaces: observations are the single env's batched, (N, L) int64 (or a dict of two such
     arrays); actions are `MultiDiscrete([vocab_size] * N)`.
@@ -50,7 +50,9 @@ class TextGenVectorEnv(VectorEnv):
     `k` with a bool mask `_k` saying which envs have it. Final infos (`response`,
     `reward_model_score`, `gold_score`, `length`, `eos`, and `prompt`) are set for the envs
     that terminated on this step; note that `prompt` is also set for envs reset on this
-    step, so select final infos with `terminated` (or `_eos`).
+    step, so select final infos with `terminated` (or `_eos`). With a multi-turn task, `turn`
+    is set for the envs that took their action and `user_reply` for those the user replied
+    to on this step; envs in different turns coexist (see `textenv.env.TextGenEnv`).
 
     Seeding: `reset(seed=s)` seeds env i with s + i (or pass a list of N seeds), so this
     env equals N `TextGenEnv`s reset with those seeds and fed the same actions.
@@ -67,14 +69,16 @@ class TextGenVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, *, task: str | Task = "reviews",
                  reward: str | RewardFn = "learned", max_new_tokens: int | None = None,
                  observation_mode: str = "box", render_mode: str | None = None,
-                 prompt_split: str = "train", assets_dir: str | Path | None = None):
+                 prompt_split: str = "train", assets_dir: str | Path | None = None,
+                 device: str = "cpu"):
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_render_mode(render_mode)
         check_prompt_split(prompt_split)
         self.num_envs = int(num_envs)
         self.core = EpisodeBatch(self.num_envs, task=task, reward=reward,
-                                 max_new_tokens=max_new_tokens, assets_dir=assets_dir)
+                                 max_new_tokens=max_new_tokens, assets_dir=assets_dir,
+                                 device=device)
         self.observation_mode = observation_mode
         self.single_observation_space = self.core.observation_space(observation_mode)
         self.single_action_space = spaces.Discrete(self.core.vocab_size)
@@ -138,7 +142,7 @@ class TextGenVectorEnv(VectorEnv):
         prompts = self._prompts_from_options(options)
         if prompts is None:
             prompts = [self._sample_prompt(i) for i in range(n)]
-        self.core.start(range(n), prompts)
+        self.core.start(range(n), prompts, self._rngs, self.prompt_split)
         self._autoreset[:] = False
         self._started = True
         if self.render_mode == "human":
@@ -192,16 +196,29 @@ class TextGenVectorEnv(VectorEnv):
             for key in finals[0]:
                 values = [f[key] for f in finals]
                 # Same dtypes as gymnasium's SyncVectorEnv: object arrays (None) for text.
-                array = (np.full(n, None, dtype=object) if isinstance(values[0], str)
+                array = (np.full(n, None, dtype=object) if isinstance(values[0], (str, list))
                          else np.zeros(n, dtype=type(values[0])))
                 array[done_rows] = values
                 infos[key], infos[f"_{key}"] = array, finished.copy()
+
+        if core.multi_turn:  # per-step infos of the envs that took their action
+            rows = np.flatnonzero(stepping)
+            step_infos = core.step_infos(rows)
+            turn = np.zeros(n, dtype=np.int64)
+            turn[rows] = [info["turn"] for info in step_infos]
+            infos["turn"], infos["_turn"] = turn, stepping.copy()
+            if core.replied.any():
+                reply = np.full(n, None, dtype=object)
+                for i, info in zip(rows, step_infos):
+                    reply[i] = info.get("user_reply")
+                infos["user_reply"], infos["_user_reply"] = reply, core.replied.copy()
 
         # NEXT_STEP autoreset: envs that ended on the previous step start a new episode.
         reset_rows = np.flatnonzero(resetting)
         if len(reset_rows):
             prompts = [self._sample_prompt(i) for i in reset_rows]
-            core.start(reset_rows, prompts)
+            core.start(reset_rows, prompts, [self._rngs[i] for i in reset_rows],
+                       self.prompt_split)
             array = infos.get("prompt", np.full(n, None, dtype=object))
             array[reset_rows] = prompts
             infos["prompt"] = array

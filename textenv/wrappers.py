@@ -18,6 +18,10 @@ Both read one `ReferenceTracker`: log pi_ref(. | tokens so far) for every row, k
 with a KV cache (a prefill at reset, then ONE batched 1-token forward per step, plus a
 prefill of just the new prompts on a step where some rows autoreset). Stacked wrappers
 share one tracker, so the reference runs once per step whatever the stack.
+
+`OneHotObservation` (and `VectorOneHotObservation`) needs no reference: it turns the token
+ids into one-hot floats, the observation a generic agent's MLP can read (SB3's
+`PPO("MlpPolicy")` from scratch on `TextGen-Sequences-v0`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from textenv.assets import check_vocab, load_reference
 from textenv.decoding import IncrementalDecoder
 from textenv.env import EpisodeBatch
 from textenv.model import GPT
+from textenv.rewards import as_scores
 
 ACTION_MASK_MODES = ("top_k", "top_p")
 
@@ -41,12 +46,15 @@ class ReferenceTracker:
 
     `sync()` brings it up to date with whatever the env did since the last call, looking
     only at the env's public arrays: a row whose episode changed is prefilled; a row one
-    token longer feeds that token; a row unchanged, or whose episode is over, feeds a masked
-    pad, which the model does not compute (its log-probs are meaningless until the row's
-    next episode). Anything else (e.g. several steps without a sync) re-prefills every row,
-    which is always correct. The KV cache and its slots are `textenv.decoding.
-    IncrementalDecoder`'s: under continuous autoresets the cache fills after about
-    max_new_tokens steps, and the batch is then re-prefilled from its current tokens.
+    token longer feeds that token (in a multi-turn dialogue, a row that also got the
+    user's reply feeds those tokens too: the dialogue so far is not recomputed, and the
+    agent's next action is scored against the reply); a row unchanged, or whose episode
+    is over, feeds a masked pad, which the model does not compute (its log-probs are
+    meaningless until the row's next episode). Anything else (e.g. several steps without
+    a sync) re-prefills every row, which is always correct. The KV cache and its slots
+    are `textenv.decoding.IncrementalDecoder`'s: under continuous autoresets the cache
+    fills after about max_new_tokens steps, and the batch is then re-prefilled from its
+    current tokens.
     """
 
     def __init__(self, core: EpisodeBatch, reference: GPT):
@@ -75,13 +83,15 @@ class ReferenceTracker:
         total = core.prompt_len + core.resp_len  # (N,)
         new_episode = core.episode_id != self._episode  # (N,)
         grew = ~new_episode & (total == self._total + 1)  # (N,) one token appended
+        if core.multi_turn:  # (N,) int: an action, plus the user's reply if the turn ended
+            grew = np.where(~new_episode & (total > self._total), total - self._total, 0)
         same = ~new_episode & (total == self._total)  # (N,) nothing happened
         if self.next_logp is not None and not new_episode.any() and same.all():
             return self.next_logp  # nothing changed since the last sync
         self._episode, self._total = core.episode_id.copy(), total
         if not (~core.done).any():
             return self.next_logp  # every row is over: nothing will be stepped before a reset
-        expected = (grew | same | new_episode).all()  # else (missed steps) re-prefill all
+        expected = ((grew > 0) | same | new_episode).all()  # else (missed steps) re-prefill
         restart = new_episode if expected else np.ones(core.n, dtype=bool)
         logits = self.decoder.advance(core.tokens, total, restart, grew, live=~core.done,
                                       pad_id=core.pad_id)  # (N, V)
@@ -100,7 +110,8 @@ def _shared_tracker(env, reference: GPT | None) -> ReferenceTracker:
     """The tracker of a reference wrapper already in `env`'s stack (same reference), or a
     new one: stacked wrappers then run the reference once per step."""
     core = _core_of(env)
-    reference = reference if reference is not None else load_reference(core.assets_dir)
+    reference = reference if reference is not None else load_reference(core.assets_dir,
+                                                                      core.device)
     layer = env
     while layer is not None:
         tracker = layer.__dict__.get("reference_tracker")
@@ -238,3 +249,196 @@ class VectorReferenceActionMask(VectorWrapper):
         masks = reference_action_masks(self.reference_tracker.sync(), s.mode, s.k, s.p)
         masks[core.done] = True
         return masks
+
+
+# ---- observations for generic agents -----------------------------------------------------------
+def _one_hot_space(env_space: gym.Space, vocab_size: int, flatten: bool) -> gym.spaces.Box:
+    if not (isinstance(env_space, gym.spaces.Box) and np.issubdtype(env_space.dtype, np.integer)
+            and len(env_space.shape) == 1):
+        raise TypeError(f"one-hot observations need the env's token-id Box observation "
+                        f"(observation_mode='box'), got {env_space}")
+    shape = (env_space.shape[0] * vocab_size,) if flatten else (env_space.shape[0], vocab_size)
+    return gym.spaces.Box(0.0, 1.0, shape=shape, dtype=np.float32)
+
+
+class OneHotObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Token ids -> one-hot floats, the observation a generic agent (an MLP) can read.
+
+    The env's observation is (L,) int64 token ids; a plain `MlpPolicy` would read them as
+    magnitudes (token 12 "bigger" than token 3). This wrapper gives a float32 `Box` in {0, 1}
+    of shape (L * vocab_size,) (or (L, vocab_size) with `flatten=False`): row i is the one-hot
+    of the token at position i, padding included (`<pad>` has its own column). The position
+    of every token is where its row sits, so the layout is the position encoding.
+
+        env = OneHotObservation(gym.make("TextGen-Sequences-v0", reward="gold"))
+        model = stable_baselines3.PPO("MlpPolicy", env)
+
+    Meant for small vocabularies (the `sequences` task: 16 tokens, L = 11 -> 176 floats);
+    LM-sized observations are better read by an embedding (`agents.sb3.lm_policy_kwargs`).
+    """
+
+    def __init__(self, env: gym.Env, flatten: bool = True):
+        gym.utils.RecordConstructorArgs.__init__(self, flatten=flatten)
+        super().__init__(env)
+        vocab = _core_of(env).vocab_size
+        self.observation_space = _one_hot_space(env.observation_space, vocab, flatten)
+        self.flatten = flatten
+        self._eye = np.eye(vocab, dtype=np.float32)  # row t = one-hot of token t
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        one_hot = self._eye[observation]  # (L, V)
+        return one_hot.reshape(-1) if self.flatten else one_hot
+
+
+class VectorOneHotObservation(gym.vector.VectorObservationWrapper):
+    """`OneHotObservation` for the vector env: (N, L) ids -> (N, L * vocab_size) floats
+    (or (N, L, vocab_size) with `flatten=False`)."""
+
+    def __init__(self, env: VectorEnv, flatten: bool = True):
+        super().__init__(env)
+        vocab = _core_of(env).vocab_size
+        self.single_observation_space = _one_hot_space(env.single_observation_space, vocab,
+                                                       flatten)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
+                                                              env.num_envs)
+        self.flatten = flatten
+        self._eye = np.eye(vocab, dtype=np.float32)
+
+    def observations(self, observations: np.ndarray) -> np.ndarray:
+        one_hot = self._eye[observations]  # (N, L, V)
+        return one_hot.reshape(len(one_hot), -1) if self.flatten else one_hot
+
+
+# ---- whole turns as text actions ---------------------------------------------------------------
+class TextActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """The action is a whole response (single-turn tasks) or a whole agent turn (multi-turn
+    tasks) as text: a `gymnasium.spaces.Text` over the characters of the task's words, so
+    that an external language model or a scripted agent plays against the same episodes,
+    rewards and gold as a token-level agent.
+
+        env = TextActions(gym.make("TextGen-Dialogue-v0", reward="gold"))
+        obs, info = env.reset(seed=0)
+        obs, reward, terminated, truncated, info = env.step("which size ?")
+
+    `step(text)` feeds the text's tokens to the env one by one (so token-level wrappers
+    below, e.g. `KLPenalty`, see every token) and then `<eos>`, stopping where the env ends
+    the turn or the episode (an `<eos>` in the text, or the length limit: the rest of the
+    text is dropped). A word the tokenizer does not know becomes `<unk>` (every action in
+    the space is accepted; the gold scorer marks such text ungrammatical). The reward is the
+    sum over the tokens; info is the last token's, plus `tokens` (how many were fed).
+    Observations are the wrapped env's. stable-baselines3 has no Text action spaces: its
+    agents use the token-level env.
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        core = _core_of(env)
+        self.core = core
+        words = list(core.task.vocabulary()) + ["<eos>"]
+        charset = sorted(set("".join(words)) | {" "})
+        per_action = core.task.max_turn_tokens if core.multi_turn else core.max_new_tokens
+        self.action_space = gym.spaces.Text(
+            max_length=per_action * (max(map(len, words)) + 1), charset="".join(charset))
+
+    def _ids(self, text: str) -> list[int]:
+        tokenizer, unk = self.core.tokenizer, getattr(self.core.tokenizer, "unk_id", 3)
+        ids = []
+        for word in text.split():
+            try:
+                ids += tokenizer.encode(word)
+            except ValueError:
+                ids.append(unk)
+        return ids + [self.core.eos_id]
+
+    def step(self, action):
+        if not isinstance(action, str) or not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is outside the action space: expected a str of "
+                             f"at most {self.action_space.max_length} characters of the task's "
+                             f"words")
+        total, fed = 0.0, 0
+        for token in self._ids(action):
+            obs, reward, terminated, truncated, info = self.env.step(token)
+            total, fed = total + float(reward), fed + 1
+            turn_ended = self.core.multi_turn and self.core.turn_len[0] == 0
+            if terminated or truncated or turn_ended or token == self.core.eos_id:
+                break
+        return obs, total, terminated, truncated, {**info, "tokens": fed}
+
+
+# ---- per-turn rewards of multi-turn tasks ------------------------------------------------------
+def _dialogue_scores(core: EpisodeBatch, rows: np.ndarray) -> np.ndarray:
+    """The env's reward function on the dialogues so far of `rows`, in one call. (R,)"""
+    if hasattr(core.reward_fn, "score_ids"):
+        ids, mask = core.sequences(rows)
+        values = core.reward_fn.score_ids(torch.from_numpy(ids), torch.from_numpy(mask))
+    else:
+        values = core.reward_fn([core.prompts[i] for i in rows],
+                                [core.tokenizer.decode(core.response_ids(i)) for i in rows])
+    return as_scores(values, len(rows))
+
+
+def _check_multi_turn(env) -> EpisodeBatch:
+    core = _core_of(env)
+    if not core.multi_turn:
+        raise ValueError(f"per-turn rewards need a multi-turn task (e.g. task='dialogue'), "
+                         f"not {core.task.name!r}")
+    return core
+
+
+class TurnRewards(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Per-turn rewards for a multi-turn task: when the user replies, the reward gets the
+    change of the env's reward function (learned, gold or a callable) over the dialogue so
+    far, and the last step gets the final score minus the last turn's. A potential-based
+    shaping: an episode's rewards still sum to its final score, but each turn's progress is
+    credited when it happens. `info["turn_score"]` holds the score after each reply."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        self.core = _check_multi_turn(env)
+        self._last = 0.0  # the score of the dialogue after the last reply
+
+    def reset(self, **kwargs):
+        self._last = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated:
+            reward, self._last = float(reward) - self._last, 0.0
+        elif "user_reply" in info:
+            score = float(_dialogue_scores(self.core, np.array([0]))[0])
+            reward, self._last = float(reward) + score - self._last, score
+            info = {**info, "turn_score": score}
+        return obs, reward, terminated, truncated, info
+
+
+class VectorTurnRewards(VectorWrapper):
+    """`TurnRewards` for the vector env: the dialogues the user replied to on a step are
+    scored in one call."""
+
+    def __init__(self, env: VectorEnv):
+        super().__init__(env)
+        self.core = _check_multi_turn(env)
+        self._last = np.zeros(self.core.n)  # (N,)
+
+    def reset(self, **kwargs):
+        self._last[:] = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        rewards = rewards - np.where(terminated, self._last, 0.0)  # (N,)
+        self._last[terminated] = 0.0
+        rows = np.flatnonzero(infos.get("_user_reply", np.zeros(self.core.n, bool)) & ~terminated)
+        if len(rows):
+            scores = _dialogue_scores(self.core, rows)  # (R,)
+            rewards[rows] += scores - self._last[rows]
+            self._last[rows] = scores
+            turn_score = np.zeros(self.core.n)
+            turn_score[rows] = scores
+            has = np.zeros(self.core.n, dtype=bool)
+            has[rows] = True
+            infos = {**infos, "turn_score": turn_score, "_turn_score": has}
+        return obs, rewards, terminated, truncated, infos

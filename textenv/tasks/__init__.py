@@ -7,10 +7,16 @@ whose prompts come from files (the user's own data) is built from its assets dir
 
 from __future__ import annotations
 
+from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
+from textenv.tasks.dialogue import DialogueTask
+from textenv.tasks.jsonl import JsonlTask
 from textenv.tasks.reviews import ReviewsTask
+from textenv.tasks.sequences import SequencesTask
 
-TASKS = {"reviews": ReviewsTask}
+TASKS = {"reviews": ReviewsTask, "arithmetic": ArithmeticTask,
+         "dialogue": DialogueTask, "sequences": SequencesTask,
+         "jsonl": JsonlTask}
 
 
 def check_task_name(name: str) -> None:
