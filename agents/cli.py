@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     # A config with per-task defaults (build-assets: BuildConfig.for_task) starts from those
     # of the --task given, so `--help` shows them and any flag overrides them.
     for_task = getattr(config_type, "for_task", None)
-    default = for_task(_task_option(argv[1:])) if for_task else None
-    run(tyro.cli(config_type, args=argv[1:], prog=f"textenv {name}", default=default))
+    defaults = {"default": for_task(_task_option(argv[1:]))} if for_task else {}
+    run(tyro.cli(config_type, args=argv[1:], prog=f"textenv {name}", **defaults))
     return 0
 
 
