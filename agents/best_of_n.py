@@ -90,7 +90,7 @@ def train(cfg: BestOfNConfig) -> dict:
         # The budget sets n on the eval split; the test split reuses that n (its tokens are
         # reported as test/env_steps, like the evaluation of the trained methods, unbudgeted).
         result = best_of_n(s.evaluator, eval_set, n,
-                           "reward" if cfg.reward == "learned" else "gold",
+                           "gold" if cfg.reward == "gold" else "reward",  # the env's reward
                            budget=cfg.total_env_steps if split == "eval" else float("inf"),
                            seed=cfg.seed)
         n = result["n"]

@@ -162,7 +162,7 @@ def entries(cfg: CompareConfig) -> list[Entry]:
     by_label = {e.label: e for e in result}
     for item in cfg.set:
         target, _, value = item.partition("=")
-        label, _, name = target.partition(".")
+        label, _, name = target.rpartition(".")  # a label may hold dots, a field not
         if label not in by_label or not name or not value:
             raise ValueError(f"--set {item!r}: expected LABEL.FIELD=VALUE with LABEL one of "
                              f"{', '.join(by_label)}")

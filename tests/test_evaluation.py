@@ -129,6 +129,8 @@ def test_overrides_and_algorithm_names_are_checked():
     (e,) = entries(CompareConfig(algos=("fast=ppo",), set=("fast.learning_rate=3e-4",
                                                            "fast.adaptive_kl=false")))
     assert e.overrides == {"learning_rate": 3e-4, "adaptive_kl": False}
+    (e,) = entries(CompareConfig(algos=("ppo-beta0.1=ppo",), set=("ppo-beta0.1.init_kl_coef=0.1",)))
+    assert e.label == "ppo-beta0.1" and e.overrides == {"init_kl_coef": 0.1}
 
 
 def test_comparison_with_a_user_agent_writes_the_report(tmp_path):
