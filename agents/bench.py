@@ -63,6 +63,19 @@ Figures (keys of the JSON's "figures"), one function each:
                                      generate on a converted copy of the same weights (s per
                                      generated token) over GPT.generate's, when transformers
                                      is installed (skipped otherwise)
+ 10. update_*                        the LM-PPO update (4 epochs x 4 minibatches, no early
+                                     stop) on one rollout of num_envs, from the same start,
+                                     interleaved: the whole padded width (`baseline`),
+                                     minibatches trimmed to their own longest prompt and
+                                     response (`trim`, the default), trim + length-bucketed
+                                     minibatches (`bucket`), trim + bf16 autocast (`bf16`,
+                                     when the CPU supports bf16), trim + torch.compile
+                                     (`compile`: full run only; its first, compiling
+                                     update is `update_compile_warmup_s`).
+                                     update_trim_speedup = baseline s / trim s; the
+                                     bucket, bf16 and compile speedups are against trim;
+                                     FLOP utilisation against the matmul rate measured
+                                     between the repeats (details: update_matmul_gflops)
 
 Every phase also reports its FLOP utilisation (`*_flop_utilisation_real_tokens` and
 `*_all_row_steps`): 2 x params FLOPs per token for a forward, 6 for forward + backward
@@ -73,6 +86,7 @@ also count padding and finished rows (the padded batch a phase computes).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -85,7 +99,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +110,7 @@ import torch.nn.functional as F
 
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents.rollout import collect_rollout, make_envs
-from agents.training import PhaseTimer
+from agents.training import PhaseTimer, bf16_supported
 from textenv.assets import ASSETS_DIR, load_reference, load_tokenizer, read_quality
 from textenv.lm import encode_prompt, pad_left
 from textenv.model import Decoder, KVCache
@@ -160,6 +174,16 @@ FIGURE_KEYS = (
                   "prefill_flop_utilisation_real_tokens_b256",
                   "prefill_flop_utilisation_all_row_steps_b256")),
 )
+# Figure 10: every run times these update variants; bf16 when the CPU supports it, compile
+# in the full run.
+UPDATE_KEYS = (
+    *(f"update_{v}{suffix}" for v in ("baseline", "trim", "bucket")
+      for suffix in ("_s", "_flop_utilisation_real_tokens", "_flop_utilisation_all_row_steps")),
+    "update_trim_speedup", "update_bucket_speedup", "update_flop_utilisation_real_tokens")
+UPDATE_OPTIONAL_KEYS = (
+    *(f"update_{v}{suffix}" for v in ("bf16", "compile")
+      for suffix in ("_s", "_flop_utilisation_real_tokens", "_flop_utilisation_all_row_steps")),
+    "update_bf16_speedup", "update_compile_speedup", "update_compile_warmup_s")
 # Figures every run reports in [0, 1).
 FRACTION_KEYS = ("dead_row_fraction",)
 # Figures that need the learned reward model (scoring FLOPs) or transformers (HF generate).
@@ -223,6 +247,9 @@ class BenchConfig:
     """n of the n x n @ n x n float32 matmul that measures the machine's FLOP rate."""
     ppo_iterations: int | None = None
     """Timed LM-PPO iterations after one warm-up (default 2 quick, 5 full)."""
+    update_compile: bool = True
+    """Full run only: figure 10 also times the update under torch.compile (its compilation
+    takes 20-60 s on 2 cores)."""
     ppo_to_target: bool = True
     """Full run only: time agents.ppo.train (default PPOConfig) to the gold target."""
     ppo_eval_every: int = 2
@@ -659,6 +686,115 @@ def ppo_iteration_phases(cfg: BenchConfig, reward: str, iterations: int,
     return figures, details
 
 
+# ---- 10: the update's options ---------------------------------------------------------------
+# The LM-PPO update in five ways on one rollout (PPOConfig overrides): the whole padded width
+# (baseline), each minibatch trimmed to its own longest prompt and response (the default),
+# and trimming with length-bucketed minibatches, bf16 autocast or torch.compile.
+UPDATE_VARIANTS = {"baseline": {"trim_padding": False}, "trim": {},
+                   "bucket": {"bucket_by_length": True}, "bf16": {"autocast_bf16": True},
+                   "compile": {"compile": True}}
+
+
+def update_options(cfg: BenchConfig, reward: str, repeats: int,
+                   variants: tuple[str, ...]) -> tuple[dict, dict]:
+    """One rollout of num_envs, then the update (epochs x minibatches, no early stop) from
+    the same weights, optimizer state and minibatch seed in every variant, interleaved
+    (the order reversed every other repeat). FLOP utilisation: 6 x params FLOPs per real
+    token, and per computed row-step (each minibatch's rows x the width it ran), against
+    the float32 matmul rate measured between the repeats (a shared machine's rate drifts)."""
+    from agents.ppo import (
+        PPO,
+        PPOConfig,
+        advantages_and_returns,
+        minibatches,
+        old_logprobs_and_values,
+        per_token_rewards,
+        ppo_update,
+    )
+    from agents.rollout import response_logprobs, trimmed_columns
+    from agents.training import update_model
+
+    pcfg = PPOConfig(assets_dir=cfg.assets_dir, reward=reward, num_envs=cfg.num_envs,
+                     max_new_tokens=cfg.max_new_tokens, threads=cfg.threads,
+                     seed=cfg.seed + 10, progress=False, tensorboard=False, target_kl=None)
+    algo = PPO(pcfg)
+    s, agent, t = algo.setup, algo.agent, pcfg.temperature
+    ro = collect_rollout(s.envs, agent.lm, s.sample_prompts(pcfg.num_envs),
+                         max_new_tokens=pcfg.max_new_tokens, temperature=t,
+                         generator=s.generator, pad_id=s.tokenizer.pad_id)
+    s.envs.close()
+    mask = ro.action_mask.float()  # (N, T)
+    logp_ref = response_logprobs(s.reference, ro, t)
+    old_logp, old_values = old_logprobs_and_values(agent, ro, mask, t)
+    rewards, _ = per_token_rewards(ro.scores * s.reward_scale, old_logp, logp_ref, mask,
+                                   algo.kl_ctl.value, pcfg.kl_estimator)
+    advantages, returns = advantages_and_returns(rewards, old_values, mask, pcfg)
+    start = ({k: v.clone() for k, v in agent.state_dict().items()},
+             copy.deepcopy(algo.optimizer.state_dict()))
+    cfgs = {v: replace(pcfg, **UPDATE_VARIANTS[v]) for v in variants}
+    models = {v: update_model(agent, c) for v, c in cfgs.items()}
+    mb_size = max(1, pcfg.num_envs // pcfg.num_minibatches)
+
+    def update(v: str) -> tuple[float, float]:
+        """-> (seconds, mean policy loss) of one update from the start state."""
+        agent.load_state_dict(start[0])
+        algo.optimizer.load_state_dict(start[1])
+        t0 = time.perf_counter()
+        stats = ppo_update(models[v], algo.optimizer, ro, mask, old_logp, old_values,
+                           advantages, returns, cfgs[v], torch.Generator().manual_seed(0), 1,
+                           None, s.tokenizer.pad_id)
+        return time.perf_counter() - t0, float(np.mean(stats["pg"]))
+
+    def row_steps(v: str) -> int:
+        """The (row, column) pairs the update's forwards compute: same minibatches."""
+        gen, total = torch.Generator().manual_seed(0), 0
+        for _ in range(pcfg.update_epochs):
+            for mb in minibatches(ro, mb_size, gen, cfgs[v].bucket_by_length):
+                first, width = (trimmed_columns(ro.prompt_mask[mb], ro.response_mask[mb])
+                                if cfgs[v].trim_padding else (0, ro.response_mask.shape[1]))
+                total += len(mb) * (ro.prompt_mask.shape[1] - first + width)
+        return total
+
+    warmup, losses = {}, {}
+    for v in variants:  # warm-up; the compiled model's first update compiles it
+        warmup[v], losses[v] = update(v)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    rates = []
+    for rep in range(repeats):
+        rates.append(matmul_flop_rate(cfg.matmul_size, 1))
+        for v in (variants if rep % 2 == 0 else variants[::-1]):
+            times[v].append(update(v)[0])
+    rate = median(rates)
+    real = pcfg.update_epochs * int(ro.prompt_mask.sum() + ro.response_mask.sum())
+    P = num_params(agent)
+    figures: dict[str, float] = {}
+    for v in variants:
+        sec = median(times[v])
+        figures[f"update_{v}_s"] = sec
+        figures[f"update_{v}_flop_utilisation_real_tokens"] = flop_utilisation(
+            P, real, sec, rate, 6)
+        figures[f"update_{v}_flop_utilisation_all_row_steps"] = flop_utilisation(
+            P, row_steps(v), sec, rate, 6)
+    speedups = {"update_trim_speedup": ("baseline", "trim"),
+                "update_bucket_speedup": ("trim", "bucket"),
+                "update_bf16_speedup": ("trim", "bf16"),
+                "update_compile_speedup": ("trim", "compile")}
+    for key, (a, b) in speedups.items():
+        if a in times and b in times:
+            figures[key] = figures[f"update_{a}_s"] / figures[f"update_{b}_s"]
+    if "trim" in variants:  # the default configuration's
+        figures["update_flop_utilisation_real_tokens"] = (
+            figures["update_trim_flop_utilisation_real_tokens"])
+    if "compile" in variants:
+        figures["update_compile_warmup_s"] = warmup["compile"]
+    details = {"update_variants": list(variants), "update_real_tokens": real,
+               "update_matmul_gflops": rate / 1e9,
+               "update_rollout_width": int(ro.prompt_mask.shape[1] + ro.response_mask.shape[1]),
+               "update_row_steps": {v: row_steps(v) for v in variants},
+               "update_mean_pg_loss": losses}
+    return figures, details
+
+
 # ---- 6: LM-PPO to the gold target (subprocess) ----------------------------------------------
 _CHILD = """
 import json, sys
@@ -1018,6 +1154,16 @@ def run(cfg: BenchConfig) -> dict:
     measure(f"figure 9, prefill and decoding at batch {cfg.gen_batch}, threads "
             f"{sorted({1, 2, cfg.threads})}, each against its own matmul rate",
             decode_phases, cfg, policy, tokenizer, task, k)
+    variants = ("baseline", "trim", "bucket")
+    variants += ("bf16",) if bf16_supported(torch.device("cpu")) else ()
+    variants += ("compile",) if cfg.update_compile and not cfg.quick else ()
+    measure(f"figure 10, the LM-PPO update: {', '.join(variants)}; 1 warm-up + {k} each, "
+            f"interleaved", update_options, cfg, reward, k, variants)
+    if "bf16" not in variants:
+        skipped["update_bf16"] = "skipped: this CPU has no bfloat16 support"
+    if "compile" not in variants:
+        skipped["update_compile"] = ("skipped: --quick" if cfg.quick
+                                     else "skipped: --no-update-compile")
     figures["bench_peak_rss_mb"] = peak_rss_mb()
 
     # Figure 6 last: it gets what is left of the full run's 10 minutes.
@@ -1177,6 +1323,24 @@ def markdown_table(result: dict) -> str:
     rows += [
         ("9", "dead-row fraction (row-steps on finished rows without compaction)",
          f.get("dead_row_fraction"), "the decoder drops those rows"),
+    ]
+    labels = {"baseline": "whole padded width", "trim": "trimmed to each minibatch (default)",
+              "bucket": "trim + length-bucketed minibatches", "bf16": "trim + bf16 autocast",
+              "compile": "trim + torch.compile"}
+    speedups = {"trim": "update_trim_speedup", "bucket": "update_bucket_speedup",
+                "bf16": "update_bf16_speedup", "compile": "update_compile_speedup"}
+    for v, label in labels.items():
+        if f"update_{v}_s" not in f:
+            continue
+        note = util(f"update_{v}")
+        if v in speedups:
+            note += f"; {_fmt(f[speedups[v]])}x " + ("the whole width" if v == "trim"
+                                                       else "trim alone")
+        if v == "compile":
+            note += f"; compiling: {_fmt(f['update_compile_warmup_s'])} s (first update)"
+        rows.append(("10", f"LM-PPO update (s), {label}" if v == "baseline"
+                     else f"  {label} (s)", f[f"update_{v}_s"], note))
+    rows += [
         ("", "peak RSS of the bench process (MB)", f.get("bench_peak_rss_mb"), ""),
         ("8", "machine", None,
          f"{m['cores']} cores, torch {m['torch_version']} ({m['torch_threads']} threads"

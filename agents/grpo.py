@@ -23,7 +23,16 @@ from agents.rollout import (
     response_logprobs,
     rollout_metrics,
 )
-from agents.training import RunConfig, Timer, adam, check_finite, run, setup, trainable_copy
+from agents.training import (
+    RunConfig,
+    Timer,
+    adam,
+    check_finite,
+    run,
+    setup,
+    trainable_copy,
+    update_model,
+)
 
 
 @dataclass
@@ -71,8 +80,8 @@ def grpo_update(policy, optimizer, ro: Rollout, mask, old_logp, logp_ref, adv,
     losses, kls = [], []
     for _ in range(cfg.update_epochs):
         for mb in torch.randperm(n, generator=generator).split(mb_size):
-            logp = logprobs_of(forward_responses(policy, ro, mb), ro.response_ids[mb],
-                               cfg.temperature)  # (b, T)
+            logp = logprobs_of(forward_responses(policy, ro, mb, bf16=cfg.autocast_bf16),
+                               ro.response_ids[mb], cfg.temperature)  # (b, T)
             pg_loss, _ = policy_loss_clipped(logp, old_logp[mb], adv[mb], mask[mb],
                                              cfg.clip_coef, cfg.loss_aggregation,
                                              cfg.max_new_tokens)
@@ -100,6 +109,7 @@ class GRPO:
         self.setup = s = setup(cfg)
         self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
+        self.update_policy = update_model(self.policy, cfg)  # compiled with --compile
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
@@ -118,8 +128,8 @@ class GRPO:
         adv = group_advantages(scores, cfg.group_size, cfg.scale_rewards)  # (N,)
         adv = adv[:, None].expand_as(mask)  # (N, T) every token of a response gets its own
         with timer("update"):
-            stats = grpo_update(self.policy, self.optimizer, ro, mask, old_logp, logp_ref, adv,
-                                cfg, s.generator, iteration)
+            stats = grpo_update(self.update_policy, self.optimizer, ro, mask, old_logp,
+                                logp_ref, adv, cfg, s.generator, iteration)
         seq_kl = (kl_k1(old_logp, logp_ref) * mask).sum(1)  # (N,)
         return {**rollout_metrics(ro, seq_kl), **stats}
 

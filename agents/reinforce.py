@@ -24,7 +24,16 @@ from agents.rollout import (
     response_logprobs,
     rollout_metrics,
 )
-from agents.training import RunConfig, Timer, adam, check_finite, run, setup, trainable_copy
+from agents.training import (
+    RunConfig,
+    Timer,
+    adam,
+    check_finite,
+    run,
+    setup,
+    trainable_copy,
+    update_model,
+)
 
 
 @dataclass
@@ -43,13 +52,14 @@ class ReinforceConfig(RunConfig):
 
 # ---- the phases of one iteration -------------------------------------------------------------
 def sequence_returns(policy, reference, ro: Rollout, kl_coef: float, temperature: float,
-                     reward_scale: float = 1.0):
+                     reward_scale: float = 1.0, bf16: bool = False):
     """Each response's return, scale * score - beta * KL(policy || reference) (summed k1),
-    with the policy's log-probs kept for the gradient. -> returns (N,), logp (N, T),
-    seq_kl (N,)."""
+    with the policy's log-probs kept for the gradient (its forward under bfloat16 autocast
+    with `bf16`). -> returns (N,), logp (N, T), seq_kl (N,)."""
     mask = ro.action_mask.float()  # (N, T) the agent's tokens (its actions)
     logp_ref = response_logprobs(reference, ro, temperature)  # (N, T)
-    logp = logprobs_of(forward_responses(policy, ro), ro.response_ids, temperature)  # (N, T)
+    logp = logprobs_of(forward_responses(policy, ro, bf16=bf16), ro.response_ids,
+                       temperature)  # (N, T)
     seq_kl = (kl_k1(logp.detach(), logp_ref) * mask).sum(1)  # (N,)
     return ro.scores * reward_scale - kl_coef * seq_kl, logp, seq_kl
 
@@ -73,6 +83,7 @@ class Reinforce:
         self.setup = s = setup(cfg)
         self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
+        self.update_policy = update_model(self.policy, cfg)  # compiled with --compile
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
         self.baseline: float | None = None  # moving average of past returns
 
@@ -83,9 +94,9 @@ class Reinforce:
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  generator=s.generator, pad_id=s.tokenizer.pad_id)
         with timer("update"):
-            returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
+            returns, logp, seq_kl = sequence_returns(self.update_policy, s.reference, ro,
                                                      cfg.kl_coef, cfg.temperature,
-                                                     s.reward_scale)
+                                                     s.reward_scale, cfg.autocast_bf16)
             batch_mean = distributed.mean(returns.mean().item())  # over every process
             if self.baseline is None:
                 self.baseline = batch_mean

@@ -25,7 +25,16 @@ from agents.rollout import (
     response_logprobs,
     rollout_metrics,
 )
-from agents.training import RunConfig, Timer, adam, check_finite, run, setup, trainable_copy
+from agents.training import (
+    RunConfig,
+    Timer,
+    adam,
+    check_finite,
+    run,
+    setup,
+    trainable_copy,
+    update_model,
+)
 
 
 @dataclass
@@ -64,8 +73,8 @@ def clipped_update(policy, optimizer, ro: Rollout, mask, old_logp, advantages,
     losses, approx_kls = [], []
     for _ in range(cfg.update_epochs):
         for mb in torch.randperm(n, generator=generator).split(mb_size):
-            logp = logprobs_of(forward_responses(policy, ro, mb), ro.response_ids[mb],
-                               cfg.temperature)  # (b, T)
+            logp = logprobs_of(forward_responses(policy, ro, mb, bf16=cfg.autocast_bf16),
+                               ro.response_ids[mb], cfg.temperature)  # (b, T)
             loss, stats = policy_loss_clipped(logp, old_logp[mb], advantages[mb], mask[mb],
                                               cfg.clip_coef)
             check_finite(loss, iteration)
@@ -86,6 +95,7 @@ class ReinforcePP:
         self.setup = s = setup(cfg)
         self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
+        self.update_policy = update_model(self.policy, cfg)  # compiled with --compile
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
@@ -103,8 +113,8 @@ class ReinforcePP:
             advantages, kl = token_advantages(ro.scores * s.reward_scale, old_logp, logp_ref,
                                               mask, cfg.kl_coef)
         with timer("update"):
-            stats = clipped_update(self.policy, self.optimizer, ro, mask, old_logp, advantages,
-                                   cfg, s.generator, iteration)
+            stats = clipped_update(self.update_policy, self.optimizer, ro, mask, old_logp,
+                                   advantages, cfg, s.generator, iteration)
         seq_kl = (kl_k1(old_logp, logp_ref) * mask).sum(1)  # (N,)
         return {**rollout_metrics(ro, seq_kl), **stats}
 

@@ -14,7 +14,7 @@ import torch
 
 from agents.reinforce import policy_gradient_step, sequence_returns
 from agents.rollout import collect_rollout, rollout_metrics
-from agents.training import RunConfig, Timer, adam, run, setup, trainable_copy
+from agents.training import RunConfig, Timer, adam, run, setup, trainable_copy, update_model
 
 
 @dataclass
@@ -48,6 +48,7 @@ class RLOO:
         self.setup = s = setup(cfg)
         self.policy = trainable_copy(s.reference)
         self.modules = {"policy": self.policy}
+        self.update_policy = update_model(self.policy, cfg)  # compiled with --compile
         self.optimizer = adam(self.policy.parameters(), cfg.learning_rate)
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
@@ -58,9 +59,9 @@ class RLOO:
                                  temperature=cfg.temperature, generator=s.generator,
                                  pad_id=s.tokenizer.pad_id)
         with timer("update"):
-            returns, logp, seq_kl = sequence_returns(self.policy, s.reference, ro,
+            returns, logp, seq_kl = sequence_returns(self.update_policy, s.reference, ro,
                                                      cfg.kl_coef, cfg.temperature,
-                                                     s.reward_scale)
+                                                     s.reward_scale, cfg.autocast_bf16)
             advantages = leave_one_out_advantages(returns, cfg.rloo_k)
             loss = policy_gradient_step(self.policy, self.optimizer, logp, advantages,
                                         ro.action_mask.float(), cfg.max_grad_norm, iteration)

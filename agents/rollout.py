@@ -202,18 +202,45 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) 
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def forward_responses(model, rollout: Rollout, rows: torch.Tensor | None = None):
+def trimmed_columns(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+    """The columns a batch of rows needs: (first prompt column, response width). Leading
+    prompt columns and trailing response columns that are padding in every row are left
+    out; at least the last prompt column (it predicts the first response token) and one
+    response column stay. prompt_mask (b, Tp), response_mask (b, Tr)."""
+    real_p = prompt_mask.any(0).nonzero()  # (k, 1) prompt columns with a real token
+    real_r = response_mask.any(0).nonzero()  # (k, 1) response columns with a real token
+    tp = prompt_mask.shape[1]
+    first = min(int(real_p[0, 0]), tp - 1) if len(real_p) else tp - 1
+    width = int(real_r[-1, 0]) + 1 if len(real_r) else 1
+    return first, width
+
+
+def forward_responses(model, rollout: Rollout, rows: torch.Tensor | None = None, *,
+                      trim: bool = True, bf16: bool = False):
     """One forward of `model` over (prompt + response) rows -> the model's outputs at the
     positions predicting each response token. A GPT gives logits (b, Tr, V); an
-    actor-critic gives (logits (b, Tr, V), values (b, Tr)). Keeps gradients."""
+    actor-critic gives (logits (b, Tr, V), values (b, Tr)). Keeps gradients.
+
+    trim: run only the columns these rows need (`trimmed_columns`): the same outputs on
+    real positions, since positions count real tokens and pads are never attended to; the
+    trimmed response positions come back as zeros (every loss masks them).
+    bf16: run the forward under bfloat16 autocast; the outputs come back as float32, so
+    log-probs and losses are computed in float32."""
     rows = torch.arange(rollout.response_ids.shape[0]) if rows is None else rows
-    ids, mask = sequence_batch(rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                               rollout.response_ids[rows], rollout.response_mask[rows])
-    tp, tr = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
-    out = model(ids, mask)
-    if isinstance(out, tuple):
-        return tuple(response_logits(o, tp, tr) for o in out)
-    return response_logits(out, tp, tr)
+    prompt_mask, response_mask = rollout.prompt_mask[rows], rollout.response_mask[rows]
+    tp, tr = prompt_mask.shape[1], response_mask.shape[1]
+    first, width = trimmed_columns(prompt_mask, response_mask) if trim else (0, tr)
+    ids, mask = sequence_batch(rollout.prompt_ids[rows, first:], prompt_mask[:, first:],
+                               rollout.response_ids[rows, :width], response_mask[:, :width])
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(ids, mask)  # (b, Tp - first + width, ...)
+    outs = []
+    for o in (out if isinstance(out, tuple) else (out,)):
+        o = response_logits(o, tp - first, width).float()  # (b, width, ...)
+        if width < tr:  # zeros on the trimmed positions: (b, Tr, ...)
+            o = F.pad(o, [0, 0] * (o.dim() - 2) + [0, tr - width])
+        outs.append(o)
+    return tuple(outs) if isinstance(out, tuple) else outs[0]
 
 
 @torch.no_grad()

@@ -113,6 +113,14 @@ class RunConfig:
     """Where the policy, reference, reward model and their tensors live: "cpu", "cuda",
     "cuda:N" or "auto" (cuda if available, else cpu). Under torchrun, "cuda"/"auto" give
     each process cuda:LOCAL_RANK."""
+    autocast_bf16: bool = False
+    """Run the update's forward under bfloat16 autocast (losses and log-probs stay float32);
+    refused on a device without bfloat16 support. On the 2-core reference CPU it is slower
+    than float32 (docs/performance.md, "The update")."""
+    compile: bool = False
+    """torch.compile the model the update runs (dynamic shapes: each minibatch has its own
+    width). The first update pays 20-60 s of compilation; on the 2-core reference CPU it
+    is no faster (docs/performance.md, "The update")."""
 
 
 # ---- what every algorithm starts from --------------------------------------------------------
@@ -232,6 +240,30 @@ def curve_evaluation(policy: GPT, s: Setup, cfg: RunConfig) -> dict:
 def trainable_copy(model: GPT) -> GPT:
     """A trainable copy of a (frozen, shared) model: the policy starts as the SFT policy."""
     return copy.deepcopy(model).requires_grad_(True)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 matmuls natively (CUDA: the GPU says; CPU: oneDNN's
+    check for the AVX-512 or AMX instructions its bfloat16 kernels need)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def update_model(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """The module an algorithm's update runs its forward on: `model` itself, or with
+    `compile` its torch.compile'd view (same parameters). Checks `autocast_bf16` can run
+    here; `forward_responses(..., bf16=cfg.autocast_bf16)` applies it."""
+    device = next(model.parameters()).device
+    if cfg.autocast_bf16 and not bf16_supported(device):
+        raise ValueError(f"autocast_bf16=True: device {device} has no bfloat16 support "
+                         f"(torch.backends.cpu.get_cpu_capability() = "
+                         f"{torch.backends.cpu.get_cpu_capability()!r}); run without "
+                         f"--autocast-bf16")
+    # dynamic=True: one graph for every minibatch width, not one compilation per width.
+    return torch.compile(model, dynamic=True) if cfg.compile else model
 
 
 def adam(parameters, learning_rate: float) -> torch.optim.Adam:

@@ -34,7 +34,7 @@ needs_assets = pytest.mark.skipif(not (ASSETS / "sft.safetensors").exists(),
 # Every size tiny: the point is that each measurement runs and reports, not its value.
 TINY = dict(threads=1, num_envs=4, max_new_tokens=6, repeats=1, single_env_steps=20,
             vector_env_steps=3, kv_batch=4, kv_new_tokens=4, gen_batch=8, matmul_size=64,
-            ppo_iterations=1, progress=False)
+            ppo_iterations=1, update_compile=False, progress=False)
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +77,14 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     assert f["ppo_iteration_s"] <= d["ppo_iteration_wall_s"]
     assert 0 < d["ppo_minibatch_updates"] <= d["ppo_minibatch_updates_max"]
     assert d["ppo_reward_calls_per_rollout"] >= 1  # the timed reward sat in the env
+    # Figure 10: the update's variants; trimming never computes more row-steps.
+    _check_figures(f, bench.UPDATE_KEYS)
+    assert ("update_bf16_s" in f) == bench.bf16_supported(torch.device("cpu"))
+    _check_figures(f, [k for k in bench.UPDATE_OPTIONAL_KEYS if k in f])
+    assert "update_compile_s" not in f and "--quick" in result["skipped"]["update_compile"]
+    steps = d["update_row_steps"]
+    assert steps["bucket"] <= steps["trim"] <= steps["baseline"]
+    assert f["update_trim_speedup"] == pytest.approx(f["update_baseline_s"] / f["update_trim_s"])
 
     # Figure 3's ratios, formed from the run's own seconds per token.
     bare, gen_score = d["bare_generation_s_per_token"], d["generate_then_score_s_per_token"]
@@ -130,7 +138,8 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
                   "reference + scoring fraction", "LM-PPO to gold target",
                   "generation FLOP utilisation", "machine", "design goal >= 0.9",
                   "design goal >= 5", "decode FLOP utilisation", "prefill FLOP utilisation",
-                  "dead-row fraction", "Hugging Face generate", "(all row-steps)"):
+                  "dead-row fraction", "Hugging Face generate", "(all row-steps)",
+                  "LM-PPO update (s), whole padded width", "length-bucketed"):
         assert label in table, label
     assert "NOT met" not in table and "(met)" not in table  # states goals, no verdicts
 
@@ -236,3 +245,18 @@ def test_sizes_follow_quick_and_can_be_overridden():
 def test_missing_assets_give_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--assets-dir"):
         bench.run(bench.BenchConfig(quick=True, assets_dir=str(tmp_path), progress=False))
+
+
+@needs_assets
+@pytest.mark.slow  # compiles the actor-critic (~20-60 s)
+def test_update_options_time_the_compiled_update_apart():
+    cfg = bench.BenchConfig(assets_dir=str(ASSETS), **{**TINY, "num_envs": 8})
+    figures, details = bench.update_options(cfg, "gold", 1, ("trim", "compile"))
+    _check_figures(figures, ["update_trim_s", "update_compile_s", "update_compile_speedup",
+                             "update_compile_warmup_s",
+                             "update_compile_flop_utilisation_real_tokens"])
+    assert figures["update_compile_speedup"] == pytest.approx(
+        figures["update_trim_s"] / figures["update_compile_s"])
+    assert details["update_row_steps"]["compile"] == details["update_row_steps"]["trim"]
+    losses = details["update_mean_pg_loss"]  # same start, same minibatches
+    assert losses["compile"] == pytest.approx(losses["trim"], abs=1e-4)
