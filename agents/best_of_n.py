@@ -81,6 +81,8 @@ def train(cfg: BestOfNConfig) -> dict:
     """'Train' = run best-of-n on the fixed evaluation (the same result dict as the others)."""
     if cfg.reward not in ("learned", "gold"):
         raise ValueError(f"best-of-n selects by reward 'learned' or 'gold', got {cfg.reward!r}")
+    if cfg.compile or cfg.autocast_bf16:
+        raise ValueError("best-of-n trains nothing: --compile and --autocast-bf16 do not apply")
     s = setup(cfg)
     t0 = time.perf_counter()
     final, n = {}, cfg.n

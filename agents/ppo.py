@@ -213,7 +213,9 @@ def ppo_update(agent: ActorCritic, optimizer, ro: Rollout, mask, old_logp, old_v
                                                     cfg.clip_coef)
             vf_loss = value_loss_clipped(new_values, old_values[mb], returns[mb], m,
                                          cfg.vf_clip if cfg.clip_vloss else None)
-            entropy = masked_mean(entropy_from_logits(logits / cfg.temperature), m)
+            # The entropy joins the graph only when it is in the loss (else: logged only).
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ent_coef != 0):
+                entropy = masked_mean(entropy_from_logits(logits / cfg.temperature), m)
             loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
             if ptx_docs is not None:  # PPO-ptx: keep the pretraining distribution in view
                 idx = torch.randint(len(ptx_docs), (cfg.ptx_batch_size,), generator=generator)

@@ -238,6 +238,9 @@ def load_sb3_checkpoint(directory: Path, model) -> dict:
 def train(cfg: SB3Config) -> dict:
     """Train an SB3 agent on TextGen-v0 and evaluate it like every other textenv agent, with
     the same run directory guarantees: a lock, checkpoint sets, `--resume`, Ctrl-C."""
+    if cfg.compile or cfg.autocast_bf16:
+        raise ValueError("sb3-ppo trains with SB3's own update: --compile and --autocast-bf16 "
+                         "apply to the LM agents only")
     run_dir = Path(cfg.run_dir)
     with RunDirLock(run_dir):
         return _train_locked(cfg, run_dir)

@@ -185,3 +185,13 @@ def test_critic_free_agents_take_autocast_bf16(algo):
     finally:
         agent.setup.envs.close()
     assert math.isfinite(metrics["losses/policy_loss"])
+
+
+@pytest.mark.parametrize("option", ["compile", "autocast_bf16"])
+def test_agents_without_an_lm_update_refuse_the_update_options(option):
+    from agents import best_of_n, sb3
+
+    with pytest.raises(ValueError, match="best-of-n trains nothing"):
+        best_of_n.train(replace(best_of_n.BestOfNConfig(), **{option: True}))
+    with pytest.raises(ValueError, match="apply to the LM agents only"):
+        sb3.train(replace(sb3.SB3Config(), **{option: True}))
