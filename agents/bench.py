@@ -45,7 +45,8 @@ Figures (keys of the JSON's "figures"), one function each:
                                      reward scoring (in the env) / reference log-probs /
                                      old log-probs and values / advantages / update;
                                      ref_plus_scoring_fraction (design goal <= 0.25)
-  6. ppo_to_target_*                 (full run only) wall-clock for agents.ppo.train with the
+  6. ppo_time_to_target_s, ppo_to_target_*
+                                     (full run only) wall-clock for agents.ppo.train with the
                                      default PPOConfig to reach gold g0 + 0.5 (1 - g0) on
                                      held-out prompts, and its peak RSS (run in a subprocess)
   7. generation_flop_utilization     bare generation tokens/s at batch 256 x 2 x params
@@ -193,7 +194,7 @@ OPTIONAL_KEYS = ("rollout_scoring_flop_utilisation_real_tokens",
                  "decode_vs_hf_generate_ratio", "decode_vs_hf_generate_ratio_1t",
                  "decode_vs_hf_generate_ratio_2t")
 FULL_ONLY_KEYS = (
-    "ppo_to_target_wall_clock_s",
+    "ppo_time_to_target_s",
     "ppo_to_target_train_s",
     "ppo_to_target_process_s",
     "ppo_to_target_env_steps",
@@ -891,7 +892,7 @@ def ppo_time_to_target(assets_dir: str, target: float, *, threads: int, eval_eve
     # Training time: every timed phase of the iterations up to the target (no evaluations).
     train_s = sum(v for r in rows if r["iteration"] <= row["iteration"]
                   for k, v in r.items() if k.startswith("time/"))
-    return ({"ppo_to_target_wall_clock_s": row["charts/wall_clock"],
+    return ({"ppo_time_to_target_s": row["charts/wall_clock"],
              "ppo_to_target_train_s": train_s,
              "ppo_to_target_process_s": process_s,
              "ppo_to_target_env_steps": row["charts/env_steps"],
@@ -1278,10 +1279,10 @@ def markdown_table(result: dict) -> str:
         ("5", "reference + scoring fraction", f.get("ref_plus_scoring_fraction"),
          goal("ref_plus_scoring_fraction")),
     ]
-    if "ppo_to_target_wall_clock_s" in f:
+    if "ppo_time_to_target_s" in f:
         rows += [
             ("6", f"LM-PPO to held-out gold {d['ppo_target_gold']:.3f}: wall-clock (s)",
-             f["ppo_to_target_wall_clock_s"],
+             f["ppo_time_to_target_s"],
              f"iteration {int(f['ppo_to_target_iterations'])}, "
              f"{int(f['ppo_to_target_env_steps'])} env steps, evals every "
              f"{d['ppo_eval_every']} it. included"),
