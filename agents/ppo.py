@@ -64,8 +64,8 @@ class PPOConfig(RunConfig):
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of responses cut off without EOS (0: off)."""
     # --- KL to the reference -------------------------------------------------------------
-    init_kl_coef: float = 0.05
-    """Initial beta of the per-token penalty -beta * KL."""
+    init_kl_coef: float = 0.1
+    """Initial beta of the per-token penalty -beta * KL (tuned: docs/results.md#tuned-defaults)."""
     adaptive_kl: bool = True
     """Adapt beta towards `kl_target` (Ziegler et al. 2019); else keep it fixed."""
     kl_target: float = 4.0

@@ -4,6 +4,7 @@ observations (the public API such an agent uses)."""
 
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,3 +181,41 @@ def test_policy_decoder_matches_the_full_forward_across_autoresets():
         obs, _, terminated, _, _ = envs.step(actions)
         resets += int(terminated.sum())
     assert resets >= 5
+
+
+# ---- scripts/learning_results.py: the summary and the targets ----------------------------------
+def _learning_results_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "learning_results", ROOT / "scripts" / "learning_results.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(curve, final, seconds=100.0):
+    history = [{"eval/gold_mean": g, "charts/env_steps": 1000.0 * (i + 1)}
+               for i, g in enumerate(curve)]
+    return {"history": history, "final": {
+        "eval/gold_mean": final, "test/gold_mean": final - 0.05, "eval/kl": 2.0,
+        "eval/reward_mean": 1.0, "charts/wall_clock": seconds, "charts/env_steps": 5000.0}}
+
+
+def test_learning_results_summary_and_targets():
+    lr = _learning_results_module()
+    # Two seeds: the seed-averaged curve peaks at 0.6, the final gold averages 0.55.
+    row = lr.summarise([_fake_run([0.4, 0.6, 0.5], 0.5), _fake_run([0.4, 0.6, 0.6], 0.6)])
+    assert row["gold"]["mean"] == pytest.approx(0.55)
+    assert row["gold"]["se"] == pytest.approx(0.05)
+    assert row["peak_gold"] == pytest.approx(0.6) and row["gold_drop"] == pytest.approx(0.05)
+    bo16 = lr.summarise([_fake_run([], 0.5)])
+    results = {"gold": {"ppo": lr.summarise([_fake_run([0.9], 0.95)]), "best-of-n": bo16},
+               "learned": {"ppo": row, "best-of-n": bo16}}
+    fast = {"ppo": {"seconds": {"mean": 200.0}}}
+    slow = {"ppo": {"seconds": {"mean": 400.0}}}
+    gold_target, learned_target = lr.targets(results, fast)
+    assert gold_target["met"] and not lr.targets(results, slow)[0]["met"]
+    # 0.55 >= 0.5 + 0.05, but the drop from the peak (0.05) exceeds 0.02.
+    assert not learned_target["met"] and learned_target["gold_drop"] == pytest.approx(0.05)
