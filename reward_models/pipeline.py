@@ -1,6 +1,7 @@
 """The reward-model stage of the default build: SFT samples -> simulated rankings -> RM.
 
-    1. prompts from the task's TRAIN split; K responses each from the SFT policy (T = 1);
+    1. prompts from the task's TRAIN split; K responses each from the SFT policy (at the
+       temperatures of `sample_temperatures`);
     2. the simulated labeler ranks each group by gold score with Bradley-Terry noise
        (`labeler_temperature`, see below);
     3. a reward model initialised from the SFT trunk is trained with the K-wise loss,
@@ -15,18 +16,20 @@ We use T = 0.1: a pair 0.1 apart in gold is ordered correctly 73% of the time, 0
 95%, so close calls are genuinely noisy (like real labelers) while clear differences are
 labelled reliably. Pass `labeler_temperature` to study noisier labels.
 
-Tuned defaults (measured on the default SFT policy, 1 torch thread). The reward model's
-held-out gold accuracy grows with training compute (groups x epochs) far more than with
-anything else we tried, and it is the bulk of this stage's time: 4000 groups x 12 epochs
-reaches ~0.85 gold accuracy and ~0.77 Spearman on SFT samples in ~8 minutes (5000 x 9
-gives the same). What did
-not help: freezing lower layers (0.67 vs 0.75 at a small budget), starting from the base LM
-instead of the SFT policy (0.64), noise-free labels (T = 0: same accuracy; the model, not
-the label noise, is the bottleneck), larger batches or learning rates above 1e-3. What
-did: lr 1e-3 (vs 1e-4), a 10x learning rate on the fresh scalar head, and the centring
-penalty (`RMTrainConfig.center_coef`), which lifts the pooled Spearman correlation by
-removing arbitrary per-prompt offsets that comparisons cannot see. The hardest part of the
-gold score for the reward model is "is the requested aspect mentioned at all".
+Tuned defaults (measured on the default SFT policy, 1 torch thread; the table is in
+docs/reward_models.md). The reward model's held-out gold accuracy grows with the number
+of ranked groups far more than with anything else we tried: at the same number of
+training steps, 32000 groups x 3 epochs reach 0.884 where 4000 groups x 12 epochs reach
+0.767, and 16000 groups x 6 epochs 0.863. What did not help: freezing lower layers,
+starting from the base LM instead of the SFT policy, noise-free labels (the model and its
+data, not the label noise, are the bottleneck), larger batches or learning rates above
+1e-3, and responses borrowed from other prompts (`borrowed`: fewer wrong-sentiment and
+off-topic responses scored high, but lower gold accuracy at the same labelling effort).
+What did: lr 1e-3 (vs 1e-4), a 10x learning rate on the fresh scalar head, hotter
+samples in each group, and the centring penalty (`RMTrainConfig.center_coef`), which
+lifts the pooled Spearman correlation by removing arbitrary per-prompt offsets that
+comparisons cannot see. The hardest part of the gold score for a reward model trained on
+little data is "is the requested aspect mentioned at all".
 
 The preference data is not written next to the assets (they must stay small); give
 `run_dir` to keep it (`train.jsonl`, `test.jsonl`) along with the training logs.
@@ -81,6 +84,11 @@ class RewardPipelineConfig:
     """Temperatures of the SFT policy for the responses of a group (response j uses
     entry j mod len): hotter samples show the reward model the degenerate text a policy
     drifting under RL writes, ranked below the SFT-like ones."""
+    borrowed: int = 0
+    """Of the K responses of a training group, how many are borrowed from other groups:
+    SFT samples written for another prompt (fluent text that ignores this prompt's topic,
+    aspect or sentiment), ranked by the labeler against this prompt like the others. They
+    teach the reward model to read the prompt (0 = every response is this prompt's own)."""
     calibration_samples: int = 1024
     """Fresh SFT samples (train-split prompts) for gain/bias: mean 0, std 1 on them."""
     train: RMTrainConfig = field(default_factory=RMTrainConfig)
@@ -110,15 +118,27 @@ def sample_groups(policy: GPT, tokenizer: Tokenizer, prompts: Sequence[str], k: 
 
 def make_rankings(policy: GPT, tokenizer: Tokenizer, task, n: int, k: int, *, split: str,
                   labeler_temperature: float, seed: int,
-                  sample_temperatures: Sequence[float] = (1.0,)
+                  sample_temperatures: Sequence[float] = (1.0,), borrowed: int = 0
                   ) -> list[RankedRecord]:
-    """`n` simulated-labeler rankings of K policy samples for prompts of `split`."""
+    """`n` simulated-labeler rankings of K policy samples for prompts of `split`. The last
+    `borrowed` responses of each group are another group's first response (a sample for
+    another prompt, at the first temperature), so they cost no generation."""
     if not MIN_RESPONSES <= k <= MAX_RESPONSES:
         raise ValueError(f"k must be between {MIN_RESPONSES} and {MAX_RESPONSES}, got {k}")
+    if not 0 <= borrowed <= k - MIN_RESPONSES:
+        raise ValueError(f"borrowed must be between 0 and k - {MIN_RESPONSES} = "
+                         f"{k - MIN_RESPONSES} (k={k}), got {borrowed}")
+    if borrowed and n < 2:
+        raise ValueError(f"borrowed responses need at least 2 groups to borrow from, got n={n}")
     rng = np.random.default_rng(seed)
     prompts = [task.sample_prompt(rng, split) for _ in range(n)]
-    groups = sample_groups(policy, tokenizer, prompts, k, max_new_tokens=task.max_response_tokens,
+    groups = sample_groups(policy, tokenizer, prompts, k - borrowed,
+                           max_new_tokens=task.max_response_tokens,
                            temperatures=sample_temperatures, seed=seed, task=task, split=split)
+    for i, group in enumerate(groups):
+        # Another group's index, uniformly: draw from n - 1 and skip over i.
+        donors = rng.integers(n - 1, size=borrowed)
+        group += [groups[d + (d >= i)][0] for d in donors]
     return label_rankings(prompts, groups, task.gold_score, labeler_temperature, rng)
 
 
@@ -148,7 +168,8 @@ def build_default_reward_model(sft: GPT, task, tokenizer: Tokenizer, out_dir: st
     t0 = time.perf_counter()
     train_records = make_rankings(sft, tokenizer, task, cfg.train_prompts, cfg.k, split="train",
                                   labeler_temperature=cfg.labeler_temperature, seed=seed,
-                                  sample_temperatures=cfg.sample_temperatures)
+                                  sample_temperatures=cfg.sample_temperatures,
+                                  borrowed=cfg.borrowed)
     test_records = make_rankings(sft, tokenizer, task, cfg.test_prompts, cfg.k, split="eval",
                                  labeler_temperature=cfg.labeler_temperature, seed=seed + 1)
     data_seconds = time.perf_counter() - t0
@@ -173,7 +194,8 @@ def build_default_reward_model(sft: GPT, task, tokenizer: Tokenizer, out_dir: st
     t0 = time.perf_counter()
     quality = evaluate_reward_model(rm, task, sft, tokenizer, cfg.eval, heldout=test_records)
     quality.update(
-        rm_k=cfg.k, rm_train_groups=len(train_records), rm_test_groups=len(test_records),
+        rm_k=cfg.k, rm_borrowed=cfg.borrowed, rm_train_groups=len(train_records),
+        rm_test_groups=len(test_records),
         rm_labeled_responses=len(train_records) * cfg.k,
         rm_labeler_temperature=cfg.labeler_temperature,
         rm_train_steps=result.steps, rm_best_step=result.best_step,
@@ -196,14 +218,14 @@ def _jsonable(d):
 
 # ---- the whole default build: `textenv build-assets` -----------------------------------------
 def default_rm_config() -> RewardPipelineConfig:
-    """The shipped reward model's settings: 4000 ranked groups of K=6 SFT samples (three at
-    temperature 1, one each at 1.3, 1.6 and 2.0, so degenerate text is ranked too), 12
-    epochs at lr 1e-3 (10x on the scalar head), mean-centring penalty 0.1. Against K=4 at
-    temperature 1 on the same build: gold accuracy 0.767 vs 0.745, degenerate text above the
-    SFT mean 0.146 vs 0.244 (quality.json)."""
+    """The shipped reward model's settings: 32000 ranked groups of K=6 SFT samples (three at
+    temperature 1, one each at 1.3, 1.6 and 2.0, so degenerate text is ranked too), 3
+    epochs at lr 1e-3 (10x on the scalar head), mean-centring penalty 0.1. Against 4000
+    groups x 12 epochs (the same number of steps) on the same build: gold accuracy 0.884 vs
+    0.767, degenerate text above the SFT mean 0.078 vs 0.146 (docs/reward_models.md)."""
     return RewardPipelineConfig(
-        k=6, sample_temperatures=(1.0, 1.0, 1.0, 1.3, 1.6, 2.0), train_prompts=4000,
-        train=RMTrainConfig(epochs=12, lr=1e-3, batch_size=32, center_coef=0.1,
+        k=6, sample_temperatures=(1.0, 1.0, 1.0, 1.3, 1.6, 2.0), train_prompts=32000,
+        train=RMTrainConfig(epochs=3, lr=1e-3, batch_size=32, center_coef=0.1,
                             head_lr_mult=10.0, patience=0))
 
 
@@ -248,7 +270,8 @@ def arithmetic_build_config() -> BuildConfig:
     from 4000 ranked groups of K=6 SFT samples in 8 epochs instead of 12 (its validation
     accuracy levelled off at about 0.62 after 3 epochs)."""
     rm = default_rm_config()
-    return BuildConfig(task="arithmetic", rm=replace(rm, train=replace(rm.train, epochs=8)))
+    return BuildConfig(task="arithmetic", rm=replace(rm, train_prompts=4000,
+                                                     train=replace(rm.train, epochs=8)))
 
 
 def sequences_build_config() -> BuildConfig:

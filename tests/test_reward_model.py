@@ -353,6 +353,33 @@ def test_pipeline_smoke(tmp_path):
     assert (tmp_path / "run" / "train.jsonl").exists()
 
 
+
+def test_make_rankings_borrows_responses_from_other_prompts():
+    from reward_models.pipeline import make_rankings
+    from textenv.pipeline import build_tokenizer
+    from textenv.tasks import make_task
+
+    task = make_task("reviews")
+    tok = build_tokenizer(task)
+    torch.manual_seed(0)
+    sft = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
+                        n_embd=16)).eval()
+    kw = dict(split="train", labeler_temperature=0.0, seed=3, sample_temperatures=(1.0, 2.0))
+    own = make_rankings(sft, tok, task, 12, 3, **kw)
+    mixed = make_rankings(sft, tok, task, 12, 5, borrowed=2, **kw)
+    assert [r.prompt for r in mixed] == [r.prompt for r in own]  # same prompts, same samples
+    firsts = [r.responses[0] for r in own]
+    for i, (a, b) in enumerate(zip(own, mixed)):
+        assert b.responses[:3] == a.responses  # its own K - borrowed come first
+        for lent in b.responses[3:]:  # each borrowed one is another group's first sample
+            assert lent in firsts[:i] + firsts[i + 1:]
+        # the labeler (noise-free here) ranks the whole group by this prompt's gold
+        gold = [task.gold_score(b.prompt, b.responses[j]) for j in b.ranking]
+        assert gold == sorted(gold, reverse=True)
+    with pytest.raises(ValueError, match="borrowed must be between 0 and"):
+        make_rankings(sft, tok, task, 4, 3, borrowed=2, **kw)
+
+
 # ---- the shipped reward model, when it has been built --------------------------------------
 SHIPPED = ASSETS_DIR
 
