@@ -267,7 +267,7 @@ class BuildConfig:
 def arithmetic_build_config() -> BuildConfig:
     """`arithmetic`: the reviews LM and its pretraining and SFT (3 layers, 128 wide: a
     2-layer, 96-wide LM with half the steps scored 0.19 gold after SFT), and a reward model
-    from 4000 ranked groups of K=6 SFT samples in 8 epochs instead of 12 (its validation
+    from 4000 ranked groups of K=6 SFT samples in 8 epochs (its validation
     accuracy levelled off at about 0.62 after 3 epochs)."""
     rm = default_rm_config()
     return BuildConfig(task="arithmetic", rm=replace(rm, train_prompts=4000,
