@@ -13,8 +13,8 @@
 #
 # **Learning goals.**
 #
-# 1. see over-optimisation happen: the learned (proxy) reward keeps rising while the gold
-#    score peaks and falls, as the policy drifts from the reference;
+# 1. see over-optimisation happen: as the policy drifts from the reference, the gold score
+#    peaks and falls, and the learned (proxy) reward overstates how good the policy is;
 # 2. measure the drift as KL and compare RL with and without the KL penalty, and with
 #    best-of-n sampling (no training at all);
 # 3. fit the scaling forms of Gao et al. (2022) and read off where to stop.
@@ -245,7 +245,7 @@ fig.savefig("lab5_goodhart.png", dpi=80)
 # %% [markdown]
 # **Expected plot** (from the solution run):
 #
-# ![expected: gold peaks then falls without the KL penalty while the proxy rises](images/lab5_goodhart.png)
+# ![expected: without the KL penalty gold peaks then falls, the proxy less](images/lab5_goodhart.png)
 #
 # The full-size version: `textenv overoptimization` and `textenv compare` (docs/results.md).
 #
@@ -259,9 +259,12 @@ fig.savefig("lab5_goodhart.png", dpi=80)
 
 # %% tags=["solution"]
 # Answers (teacher's version), for the solution run's numbers:
-# 1. In the solution run gold peaks early (around d = 1.4, a KL of about 2 nats) and then
-#    falls back towards the SFT policy's level while the learned reward keeps climbing:
-#    the policy exploits the reward model's errors.
+# 1. In the solution run gold peaks around d = 1.6 (a KL of about 2.4 nats) and then falls
+#    back almost to the SFT policy's level by d = 1.75, losing 85% of its gain; the learned
+#    reward loses only half of its gain over the same stretch. The policy is moving into
+#    text the reward model misjudges, and the proxy alone would hide most of the damage.
+#    (With the less accurate reward model shipped before, gold accuracy 0.77 instead of
+#    0.88, the proxy kept climbing while gold fell.)
 # 2. Best-of-n is very KL-efficient: at the same KL it usually matches or beats RL on
 #    gold, but its KL grows only like log n, so it cannot go far (and costs n samples per
 #    query at inference time).
