@@ -31,7 +31,7 @@ import torch
 from agents.rollout import collect_rollout, make_envs, response_logprobs
 from textenv.assets import resolve_assets_dir
 from textenv.model import GPT
-from textenv.rewards import has_reward_model
+from textenv.rewards import has_reward_ensemble, has_reward_model
 from textenv.tasks import Task
 
 EVAL_BATCH = 64
@@ -127,9 +127,9 @@ class Evaluator:
         metrics = evaluator(policy, EvalSet("test", 4))   # test/gold_mean, test/win_rate, ...
 
     It samples through its own vector env of EVAL_BATCH envs whose reward is the learned
-    reward model whenever `assets_dir` has one (so both rewards are reported whatever the
-    training reward), and caches the reference's own samples of each eval set: they are
-    the baseline of the win rate.
+    reward model whenever `assets_dir` has one, else its reward ensemble if it has one (so
+    both rewards are reported whatever the training reward), and caches the reference's own
+    samples of each eval set: they are the baseline of the win rate.
     """
 
     def __init__(self, reference: GPT, *, task: str = "reviews", assets_dir=None,
@@ -137,7 +137,8 @@ class Evaluator:
                  reward: str | None = None, device: str = "cpu"):
         assets_dir = resolve_assets_dir(assets_dir, task)
         if reward is None:
-            reward = "learned" if has_reward_model(assets_dir) else "gold"
+            reward = ("learned" if has_reward_model(assets_dir)
+                      else "ensemble" if has_reward_ensemble(assets_dir) else "gold")
         self.envs = make_envs(EVAL_BATCH, task=task, reward=reward,
                               max_new_tokens=max_new_tokens, assets_dir=assets_dir,
                               device=device)

@@ -52,6 +52,27 @@ def test_fixed_evaluation_is_the_same_for_every_run(evaluator):
     assert abs(a["eval/kl"]) < 1e-4  # the reference against itself
 
 
+def test_evaluation_reports_the_ensemble_when_the_assets_hold_only_an_ensemble(tmp_path,
+                                                                               evaluator):
+    """An assets directory with a reward ensemble and no single reward model: eval/reward
+    is the ensemble's score, not gold. Two copies of the shipped model in mean mode score
+    exactly as the shipped model does."""
+    import shutil
+
+    from textenv.rewards import RewardEnsemble, RewardModel
+
+    for name in ("tokenizer.json", "sft.json", "sft.safetensors"):
+        shutil.copy(ASSETS_DIR / name, tmp_path / name)
+    rm = RewardModel.load(ASSETS_DIR, "reward")
+    RewardEnsemble([rm, rm], mode="mean").save(tmp_path)
+    ens = Evaluator(load_reference(tmp_path), assets_dir=tmp_path, max_new_tokens=24)
+    a = ens(ens.reference, EvalSet("test", 1), win_rate=False)
+    b = evaluator(evaluator.reference, EvalSet("test", 1), win_rate=False)
+    assert a["samples"] == b["samples"] and a["test/gold_mean"] == b["test/gold_mean"]
+    assert a["test/reward_mean"] != a["test/gold_mean"]
+    assert a["test/reward_mean"] == pytest.approx(b["test/reward_mean"], abs=1e-4)
+
+
 def test_win_rate_by_hand():
     rate, low, high = win_rate(np.array([1.0, 0.5, 0.2, 0.2]), np.array([0.0, 0.5, 0.9, 0.2]))
     assert rate == pytest.approx((1 + 0.5 + 0 + 0.5) / 4) and low <= rate <= high

@@ -412,6 +412,11 @@ def has_reward_model(assets_dir: str | Path) -> bool:
     return (directory / "reward.json").is_file() or (directory / "reward" / "config.json").is_file()
 
 
+def has_reward_ensemble(assets_dir: str | Path) -> bool:
+    """Whether `assets_dir` holds a reward ensemble (`reward_ensemble.json`)."""
+    return (Path(assets_dir) / "reward_ensemble.json").is_file()
+
+
 @lru_cache(maxsize=8)
 def load_reward_model(assets_dir: Path, device: str = "cpu") -> RewardModel:
     """The reward model `reward.*` of `assets_dir` on `device`, loaded once per (directory,
@@ -434,7 +439,7 @@ def load_reward_model(assets_dir: Path, device: str = "cpu") -> RewardModel:
 def load_reward_ensemble(assets_dir: Path, device: str = "cpu") -> RewardEnsemble:
     """The ensemble `reward_ensemble.json` of `assets_dir` on `device`, loaded once per
     (directory, device)."""
-    if not (assets_dir / "reward_ensemble.json").is_file():
+    if not has_reward_ensemble(assets_dir):
         raise FileNotFoundError(
             f"reward ensemble not found: {assets_dir / 'reward_ensemble.json'} "
             f"(reward='ensemble' needs one; train it with `textenv reward --n-models 3 "
