@@ -69,7 +69,8 @@ class CompareConfig:
     """Algorithms: registered names, LABEL=NAME variants, or paths of user agent files."""
     set: tuple[str, ...] = ("ppo-no-kl.init_kl_coef=0", "ppo-no-kl.adaptive_kl=False")
     """Per-algorithm overrides LABEL.FIELD=VALUE (the default makes ppo-no-kl: LM-PPO
-    without a KL penalty, which reaches the large KL the over-optimisation fit needs)."""
+    without a KL penalty, which reaches the large KL the over-optimisation fit needs; it is
+    ignored when ppo-no-kl is not among the algorithms)."""
     seeds: int = 20
     """Seeds per algorithm and task (1..seeds)."""
     tasks: tuple[str, ...] = ("reviews",)
@@ -160,9 +161,12 @@ def entries(cfg: CompareConfig) -> list[Entry]:
                              f"LABEL=NAME, or the path of an agent file (*.py)")
         result.append(Entry(label, config_type, train, {}))
     by_label = {e.label: e for e in result}
+    default_set = CompareConfig.set  # the dataclass's class attribute holds the default
     for item in cfg.set:
         target, _, value = item.partition("=")
         label, _, name = target.rpartition(".")  # a label may hold dots, a field not
+        if item in default_set and label not in by_label:
+            continue  # a default override of an algorithm the user did not select
         if label not in by_label or not name or not value:
             raise ValueError(f"--set {item!r}: expected LABEL.FIELD=VALUE with LABEL one of "
                              f"{', '.join(by_label)}")

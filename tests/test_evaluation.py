@@ -153,6 +153,14 @@ def test_overrides_and_algorithm_names_are_checked():
     assert e.overrides == {"learning_rate": 3e-4, "adaptive_kl": False}
     (e,) = entries(CompareConfig(algos=("ppo-beta0.1=ppo",), set=("ppo-beta0.1.init_kl_coef=0.1",)))
     assert e.label == "ppo-beta0.1" and e.overrides == {"init_kl_coef": 0.1}
+    # The default overrides make ppo-no-kl; without it among the algorithms they are dropped,
+    # while any other override of a label that is not selected is still an error.
+    (e,) = entries(CompareConfig(algos=("ppo",)))
+    assert e.label == "ppo" and e.overrides == {}
+    (e,) = entries(CompareConfig(algos=("ppo", "ppo-no-kl=ppo")))[1:]
+    assert e.overrides == {"init_kl_coef": 0.0, "adaptive_kl": False}
+    with pytest.raises(ValueError, match="LABEL one of ppo"):
+        entries(CompareConfig(algos=("ppo",), set=("ppo-nokl.init_kl_coef=0",)))
 
 
 def test_comparison_with_a_user_agent_writes_the_report(tmp_path):
