@@ -75,7 +75,7 @@ class PPOConfig(RunConfig):
     kl_estimator: str = "k1"
     """Per-token KL estimator in the reward: "k1" (logp - logp_ref) or "k3"."""
     # --- PPO -----------------------------------------------------------------------------
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     """Adam learning rate (policy and value head)."""
     anneal_lr: bool = True
     """Linearly anneal the learning rate to 0 over the budget."""

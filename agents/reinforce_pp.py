@@ -41,7 +41,7 @@ from agents.training import (
 class ReinforcePPConfig(RunConfig):
     run_dir: str = "runs/reinforce_pp"
     """Where metrics.csv, TensorBoard events and checkpoints go."""
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     """Adam learning rate."""
     kl_coef: float = 0.05
     """beta of the per-token KL penalty in the reward."""
