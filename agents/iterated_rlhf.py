@@ -20,13 +20,18 @@ Against it, the same seeds run a single round of the same total budget against t
 shipped reward model. Writes results.json and results.md to --out-dir.
 
     textenv iterated-rlhf --rounds 3 --env-steps-per-round 20000 --seeds 1 2 3
+
+Each seed's numbers are kept in its own directory (seedS/iterated/rows.json,
+seedS/single/row.json) and reused by a later call with the same settings: seeds can run in
+separate processes into one --out-dir, and a final call with all seeds writes the table.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +44,7 @@ from reward_models.pipeline import RewardPipelineConfig, calibration_set, make_r
 from reward_models.train import RMTrainConfig, calibrate, train_reward_model
 from textenv.assets import load_policy, load_tokenizer, resolve_assets_dir
 from textenv.rewards import RewardModel
-from textenv.storage import atomic_write, write_json
+from textenv.storage import atomic_write, read_json, write_json
 from textenv.tasks import make_task
 
 # What a round's assets directory needs besides the reward model: the env loads the
@@ -171,6 +176,30 @@ def single_round_run(cfg: IteratedRLHFConfig, seed: int, shipped: Path, out: Pat
                    seed + 1000 * cfg.rounds)
 
 
+def settings_key(cfg: IteratedRLHFConfig) -> dict:
+    """The settings a seed's numbers depend on (all but out_dir, seeds and single_round)."""
+    settings = asdict(cfg)
+    del settings["out_dir"], settings["seeds"], settings["single_round"]
+    return json.loads(json.dumps(settings, default=str))  # tuples -> lists, as read back
+
+
+def kept(path: Path, cfg: IteratedRLHFConfig, compute):
+    """`compute()`'s numbers, kept in `path` and reused while the settings stay the same."""
+    settings = settings_key(cfg)
+    if path.is_file():
+        saved = read_json(path, "kept iterated-RLHF numbers")
+        if saved.get("settings") != settings:
+            changed = sorted(k for k in settings | saved.get("settings", {})
+                             if settings.get(k) != saved.get("settings", {}).get(k))
+            raise ValueError(f"{path} holds numbers made with other settings (differing: "
+                             f"{', '.join(changed)}); use another --out-dir, or delete it")
+        print(f"== reusing {path}")
+        return saved["numbers"]
+    numbers = compute()
+    write_json(path, {"settings": settings, "numbers": numbers})
+    return numbers
+
+
 def _mean_se(values: list[float]) -> str:
     mean, se = mean_and_se(np.asarray(values, dtype=np.float64))
     return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
@@ -211,10 +240,14 @@ def main(cfg: IteratedRLHFConfig) -> dict:
     torch.set_num_threads(cfg.ppo.threads)
     out = Path(cfg.out_dir)
     shipped = resolve_assets_dir(cfg.ppo.assets_dir, cfg.ppo.task)
-    iterated = {s: iterated_run(cfg, s, shipped, out / f"seed{s}" / "iterated")
-                for s in cfg.seeds}
-    single = ({s: single_round_run(cfg, s, shipped, out / f"seed{s}" / "single")
-               for s in cfg.seeds} if cfg.single_round else {})
+    iterated, single = {}, {}
+    for s in cfg.seeds:
+        seed_dir = out / f"seed{s}"
+        iterated[s] = kept(seed_dir / "iterated" / "rows.json", cfg,
+                           lambda: iterated_run(cfg, s, shipped, seed_dir / "iterated"))
+        if cfg.single_round:
+            single[s] = kept(seed_dir / "single" / "row.json", cfg,
+                             lambda: single_round_run(cfg, s, shipped, seed_dir / "single"))
     table = markdown(iterated, single, cfg)
     results = {"iterated": {str(s): rows for s, rows in iterated.items()},
                "single_round": {str(s): row for s, row in single.items()},

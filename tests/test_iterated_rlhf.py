@@ -1,7 +1,11 @@
 """Iterated RLHF: rounds resume one run, the reward model is retrained between rounds."""
 
 import json
+from dataclasses import replace
 
+import pytest
+
+import agents.iterated_rlhf as iterated_rlhf
 from agents.iterated_rlhf import IteratedRLHFConfig, main
 from agents.ppo import PPOConfig
 from reward_models.train import RMTrainConfig
@@ -9,7 +13,7 @@ from textenv.rewards import RewardModel
 from textenv.storage import load_tensors
 
 
-def test_rounds_resume_and_retrain_the_reward_model(tmp_path):
+def test_rounds_resume_and_retrain_the_reward_model(tmp_path, monkeypatch):
     cfg = IteratedRLHFConfig(
         out_dir=str(tmp_path), rounds=2, env_steps_per_round=200, seeds=(1,),
         rankings_per_round=8, eval_rankings=8, calibration_samples=16,
@@ -32,3 +36,13 @@ def test_rounds_resume_and_retrain_the_reward_model(tmp_path):
     assert RewardModel.load(second).gain != RewardModel.load(first).gain
     assert json.loads((tmp_path / "results.json").read_text())["config"]["rounds"] == 2
     assert "| iterated, round 2 |" in (tmp_path / "results.md").read_text()
+
+    # A second call with the same settings reuses every seed's kept numbers (no training);
+    # other settings in the same directory are refused, naming what differs.
+    def no_training(*args):
+        raise AssertionError("trained again instead of reusing the kept numbers")
+    monkeypatch.setattr(iterated_rlhf, "iterated_run", no_training)
+    monkeypatch.setattr(iterated_rlhf, "single_round_run", no_training)
+    assert main(cfg)["iterated"] == results["iterated"]
+    with pytest.raises(ValueError, match="rankings_per_round"):
+        main(replace(cfg, rankings_per_round=9))
