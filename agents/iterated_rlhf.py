@@ -76,8 +76,11 @@ class IteratedRLHFConfig:
     labeler_temperature: float = RewardPipelineConfig.labeler_temperature
     """Bradley-Terry noise of the simulated labeler (as in the shipped build)."""
     rm_train: RMTrainConfig = field(default_factory=lambda: RMTrainConfig(
-        epochs=4, lr=3e-4, batch_size=32, center_coef=0.1, head_lr_mult=1.0, patience=0))
-    """Fine-tuning of the reward model between rounds (from the previous round's model)."""
+        epochs=4, lr=3e-4, batch_size=32, center_coef=0.1, head_lr_mult=1.0, patience=0,
+        val_fraction=0.0))
+    """Fine-tuning of the reward model between rounds (from the previous round's model).
+    No held-out selection: on a small mixed validation set the starting model often has
+    the lowest loss, and selecting it would silently undo the retraining."""
     single_round: bool = True
     """Also run the single-round baseline."""
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(eval_every=0, anneal_lr=False))
@@ -176,16 +179,24 @@ def single_round_run(cfg: IteratedRLHFConfig, seed: int, shipped: Path, out: Pat
                    seed + 1000 * cfg.rounds)
 
 
-def settings_key(cfg: IteratedRLHFConfig) -> dict:
-    """The settings a seed's numbers depend on (all but out_dir, seeds and single_round)."""
+# What the single-round baseline's numbers depend on (the iterated runs: every setting but
+# out_dir, seeds and single_round).
+SINGLE_ROUND_SETTINGS = ("rounds", "env_steps_per_round", "k", "eval_rankings",
+                         "labeler_temperature", "ppo")
+
+
+def settings_key(cfg: IteratedRLHFConfig, single_round: bool) -> dict:
+    """The settings a seed's iterated (or single-round) numbers depend on."""
     settings = asdict(cfg)
-    del settings["out_dir"], settings["seeds"], settings["single_round"]
+    if single_round:
+        settings = {k: settings[k] for k in SINGLE_ROUND_SETTINGS}
+    else:
+        del settings["out_dir"], settings["seeds"], settings["single_round"]
     return json.loads(json.dumps(settings, default=str))  # tuples -> lists, as read back
 
 
-def kept(path: Path, cfg: IteratedRLHFConfig, compute):
-    """`compute()`'s numbers, kept in `path` and reused while the settings stay the same."""
-    settings = settings_key(cfg)
+def kept(path: Path, settings: dict, compute):
+    """`compute()`'s numbers, kept in `path` and reused while `settings` stay the same."""
     if path.is_file():
         saved = read_json(path, "kept iterated-RLHF numbers")
         if saved.get("settings") != settings:
@@ -243,10 +254,10 @@ def main(cfg: IteratedRLHFConfig) -> dict:
     iterated, single = {}, {}
     for s in cfg.seeds:
         seed_dir = out / f"seed{s}"
-        iterated[s] = kept(seed_dir / "iterated" / "rows.json", cfg,
+        iterated[s] = kept(seed_dir / "iterated" / "rows.json", settings_key(cfg, False),
                            lambda: iterated_run(cfg, s, shipped, seed_dir / "iterated"))
         if cfg.single_round:
-            single[s] = kept(seed_dir / "single" / "row.json", cfg,
+            single[s] = kept(seed_dir / "single" / "row.json", settings_key(cfg, True),
                              lambda: single_round_run(cfg, s, shipped, seed_dir / "single"))
     table = markdown(iterated, single, cfg)
     results = {"iterated": {str(s): rows for s, rows in iterated.items()},

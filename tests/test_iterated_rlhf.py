@@ -8,7 +8,6 @@ import pytest
 import agents.iterated_rlhf as iterated_rlhf
 from agents.iterated_rlhf import IteratedRLHFConfig, main
 from agents.ppo import PPOConfig
-from reward_models.train import RMTrainConfig
 from textenv.rewards import RewardModel
 from textenv.storage import load_tensors
 
@@ -17,7 +16,9 @@ def test_rounds_resume_and_retrain_the_reward_model(tmp_path, monkeypatch):
     cfg = IteratedRLHFConfig(
         out_dir=str(tmp_path), rounds=2, env_steps_per_round=200, seeds=(1,),
         rankings_per_round=8, eval_rankings=8, calibration_samples=16,
-        rm_train=RMTrainConfig(epochs=1, batch_size=8, patience=0, val_fraction=0.0),
+        # The default fine-tuning, shortened: its other settings (no held-out selection
+        # among them) are what must make round 2's reward model differ from round 1's.
+        rm_train=replace(IteratedRLHFConfig().rm_train, epochs=1, batch_size=8),
         ppo=PPOConfig(num_envs=16, max_new_tokens=12, threads=1, eval_samples=1,
                       eval_every=0, anneal_lr=False, progress=False, tensorboard=False))
     results = main(cfg)
