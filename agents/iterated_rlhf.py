@@ -83,8 +83,9 @@ class IteratedRLHFConfig:
     the lowest loss, and selecting it would silently undo the retraining."""
     single_round: bool = True
     """Also run the single-round baseline."""
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(eval_every=0, anneal_lr=False))
-    """LM-PPO settings shared by every run (task and assets_dir included)."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(eval_every=0))
+    """LM-PPO settings shared by every run (task and assets_dir included). The learning
+    rate anneals over the whole budget (rounds x env_steps_per_round) in both arms."""
 
 
 def copy_assets(source: Path, target: Path, reward_model: RewardModel) -> Path:
@@ -141,7 +142,8 @@ def iterated_run(cfg: IteratedRLHFConfig, seed: int, shipped: Path, out: Path) -
     for r in range(1, cfg.rounds + 1):
         print(f"== seed {seed}, round {r}/{cfg.rounds}")
         run_cfg = replace(cfg.ppo, seed=seed, assets_dir=str(assets), resume=r > 1,
-                          total_env_steps=r * cfg.env_steps_per_round, run_dir=str(out / "run"))
+                          total_env_steps=r * cfg.env_steps_per_round, run_dir=str(out / "run"),
+                          anneal_env_steps=cfg.rounds * cfg.env_steps_per_round)
         result = train(run_cfg)
         if rows and result["final"]["charts/env_steps"] <= rows[-1]["env_steps"]:
             raise ValueError(f"round {r} ran no iteration: round {r - 1} overshot its budget by "
@@ -195,8 +197,8 @@ def settings_key(cfg: IteratedRLHFConfig, single_round: bool) -> dict:
     return json.loads(json.dumps(settings, default=str))  # tuples -> lists, as read back
 
 
-def kept(path: Path, settings: dict, compute):
-    """`compute()`'s numbers, kept in `path` and reused while `settings` stay the same."""
+def kept(path: Path, settings: dict, compute, *args):
+    """`compute(*args)`'s numbers, kept in `path` and reused while `settings` stay the same."""
     if path.is_file():
         saved = read_json(path, "kept iterated-RLHF numbers")
         if saved.get("settings") != settings:
@@ -206,7 +208,7 @@ def kept(path: Path, settings: dict, compute):
                              f"{', '.join(changed)}); use another --out-dir, or delete it")
         print(f"== reusing {path}")
         return saved["numbers"]
-    numbers = compute()
+    numbers = compute(*args)
     write_json(path, {"settings": settings, "numbers": numbers})
     return numbers
 
@@ -255,10 +257,10 @@ def main(cfg: IteratedRLHFConfig) -> dict:
     for s in cfg.seeds:
         seed_dir = out / f"seed{s}"
         iterated[s] = kept(seed_dir / "iterated" / "rows.json", settings_key(cfg, False),
-                           lambda: iterated_run(cfg, s, shipped, seed_dir / "iterated"))
+                           iterated_run, cfg, s, shipped, seed_dir / "iterated")
         if cfg.single_round:
             single[s] = kept(seed_dir / "single" / "row.json", settings_key(cfg, True),
-                             lambda: single_round_run(cfg, s, shipped, seed_dir / "single"))
+                             single_round_run, cfg, s, shipped, seed_dir / "single")
     table = markdown(iterated, single, cfg)
     results = {"iterated": {str(s): rows for s, rows in iterated.items()},
                "single_round": {str(s): row for s, row in single.items()},

@@ -79,6 +79,10 @@ class PPOConfig(RunConfig):
     """Adam learning rate (policy and value head)."""
     anneal_lr: bool = True
     """Linearly anneal the learning rate to 0 over the budget."""
+    anneal_env_steps: int = 0
+    """The budget the learning rate anneals over, in env steps (0: total_env_steps). A
+    run resumed with a larger total_env_steps (iterated RLHF's rounds) keeps one
+    schedule when this is set to the final budget."""
     update_epochs: int = 4
     """Passes over each rollout."""
     num_minibatches: int = 4
@@ -250,6 +254,9 @@ class PPO:
     """LM-PPO as the training loop (`agents.training.run`) drives it."""
 
     def __init__(self, cfg: PPOConfig):
+        if cfg.anneal_env_steps and not cfg.total_env_steps <= cfg.anneal_env_steps:
+            raise ValueError(f"anneal_env_steps must be 0 or >= total_env_steps "
+                             f"({cfg.total_env_steps}), got {cfg.anneal_env_steps}")
         self.cfg = cfg
         self.setup = s = setup(cfg)
         self.agent = ActorCritic(s.reference, cfg.separate_critic).to(s.device)
@@ -266,8 +273,9 @@ class PPO:
 
     def iteration(self, iteration: int, progress: float, timer: Timer) -> dict[str, float]:
         cfg, s, agent = self.cfg, self.setup, self.agent
-        if cfg.anneal_lr:
-            self.optimizer.param_groups[0]["lr"] = (1.0 - progress) * cfg.learning_rate
+        if cfg.anneal_lr:  # progress: the fraction of total_env_steps spent so far
+            done = progress * cfg.total_env_steps / (cfg.anneal_env_steps or cfg.total_env_steps)
+            self.optimizer.param_groups[0]["lr"] = (1.0 - done) * cfg.learning_rate
 
         # 1. rollout: the policy decodes on its KV cache; the env scores finished responses.
         with timer("rollout"):

@@ -157,6 +157,26 @@ def test_non_finite_loss_stops_and_names_the_iteration(tmp_path, monkeypatch):
     assert Checkpoints(tmp_path / "nan").latest() is None
 
 
+def test_learning_rate_anneals_over_anneal_env_steps(tmp_path):
+    """With anneal_env_steps set beyond the budget (iterated RLHF's rounds), the rate falls
+    on that longer schedule; below the budget it is refused."""
+    from agents import ppo
+
+    horizon = 4 * TINY["total_env_steps"]
+    cfg = replace(ppo.PPOConfig(), run_dir=str(tmp_path / "run"), anneal_env_steps=horizon,
+                  **TINY)
+    ppo.train(cfg)
+    rows = _metrics(cfg.run_dir)
+    steps_before = {it: float(rows[it - 1]["charts/env_steps"]) if it > 1 else 0.0
+                    for it in rows}
+    assert len(rows) >= 2
+    for it, row in rows.items():
+        expected = (1.0 - steps_before[it] / horizon) * cfg.learning_rate
+        assert float(row["charts/learning_rate"]) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="anneal_env_steps"):
+        ppo.PPO(replace(cfg, anneal_env_steps=TINY["total_env_steps"] - 1))
+
+
 SB3_TINY = ["--num-envs=8", "--max-new-tokens=24", "--eval-samples=1", "--threads=1",
             "--no-progress", "--no-tensorboard", "--n-envs=2", "--n-steps=16",
             "--batch-size=16", "--n-epochs=1", "--checkpoint-every=1"]
