@@ -43,6 +43,10 @@ class Args:
     """Where to write the numbers."""
     threads: int = 1
     """torch threads."""
+    learning_rate: float | None = None
+    """PPO learning rate (default: PPOConfig's)."""
+    init_kl_coef: float | None = None
+    """PPO's initial KL coefficient beta (default: PPOConfig's)."""
 
 
 def dialogue_metrics(samples, task) -> dict[str, float]:
@@ -59,13 +63,17 @@ def main(args: Args) -> dict:
     base = ppo.PPOConfig(task="dialogue", max_new_tokens=65, total_env_steps=args.total_env_steps,
                          eval_every=0, eval_samples=1, threads=args.threads, progress=False,
                          tensorboard=False, device="cpu")
+    for name in ("learning_rate", "init_kl_coef"):  # set only when asked: defaults stay PPO's
+        if getattr(args, name) is not None:
+            base = replace(base, **{name: getattr(args, name)})
     evaluator = shared_evaluator(str(resolve_assets_dir(None, "dialogue")), "dialogue", 65,
                                  base.temperature)
     splits = ("eval", "test")
     sets = {s: EvalSet(split=s, samples_per_prompt=args.samples_per_prompt) for s in splits}
     results: dict = {"sft": {}, "ppo_per_seed": {}, "ppo": {}, "config": {
         "seeds": list(args.seeds), "total_env_steps": args.total_env_steps,
-        "samples_per_prompt": args.samples_per_prompt}}
+        "samples_per_prompt": args.samples_per_prompt,
+        "learning_rate": base.learning_rate, "init_kl_coef": base.init_kl_coef}}
     for s in splits:
         results["sft"][s] = dialogue_metrics(evaluator(evaluator.reference, sets[s],
                                                        win_rate=False)["samples"], task)
