@@ -248,3 +248,19 @@ def test_learning_results_summary_and_targets():
     assert gold_target["met"] and not lr.targets(results, slow)[0]["met"]
     # 0.55 >= 0.5 + 0.05, but the drop from the peak (0.05) exceeds 0.02.
     assert not learned_target["met"] and learned_target["gold_drop"] == pytest.approx(0.05)
+
+
+def test_learning_results_keeps_a_half_only_with_its_settings(tmp_path):
+    lr = _learning_results_module()
+    args = lr.Args(out=tmp_path / "learning.json")
+    assert lr.kept_half(args, "gold") is None  # no earlier report
+    gold = {"ppo": {"gold": {"mean": 0.97}}}
+    report = {"date": "2026-01-02", "settings": {"gold": lr.half_settings(args, "gold")},
+              "results": {"gold": gold}, "timed_alone": {"ppo": {"seconds": {"mean": 190.0}}}}
+    args.out.write_text(json.dumps(report))
+    kept = lr.kept_half(args, "gold")
+    assert kept["results"] == gold and kept["date"] == "2026-01-02"
+    assert kept["timed_alone"]["ppo"]["seconds"]["mean"] == 190.0
+    # Another budget, or a half the report does not hold: nothing is kept.
+    assert lr.kept_half(lr.Args(out=args.out, gold_env_steps=1000), "gold") is None
+    assert lr.kept_half(args, "learned") is None
