@@ -158,6 +158,7 @@ def targets(results: dict, alone: dict) -> list[dict]:
 
 
 def half_settings(args: Args, reward: str) -> dict:
+    """What a half is made with: a half kept from an earlier report must match it."""
     cfg = compare_config(args, reward)
     return {"total_env_steps": cfg.total_env_steps, "overrides": list(cfg.set), "seeds": cfg.seeds}
 
