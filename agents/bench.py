@@ -63,7 +63,14 @@ Figures (keys of the JSON's "figures"), one function each:
                                      on them; `decode_vs_hf_generate_ratio`: Hugging Face
                                      generate on a converted copy of the same weights (s per
                                      generated token) over GPT.generate's, when transformers
-                                     is installed (skipped otherwise)
+                                     is installed (skipped otherwise);
+                                     `decode_bound_flop_utilisation_real_tokens_b256`: the
+                                     highest utilisation these decode steps allow, if each
+                                     step took only the longer of its matmuls at the matmul
+                                     rate and reading its float32 keys and values (timed as
+                                     a plain sum over them); `decode_vs_bound_ratio_b256`:
+                                     that bound's seconds per real token over the measured
+                                     ones
  10. update_*                        the LM-PPO update (4 epochs x 4 minibatches, no early
                                      stop) on one rollout of num_envs, from the same start,
                                      interleaved: the whole padded width (`baseline`),
@@ -169,11 +176,15 @@ FIGURE_KEYS = (
     "decode_flop_utilisation_real_tokens_b256",
     "decode_flop_utilisation_all_row_steps_b256",
     "prefill_flop_utilisation_real_tokens_b256",
+    "decode_bound_flop_utilisation_real_tokens_b256",
+    "decode_vs_bound_ratio_b256",
     *(f"{key}_{t}t" for t in (1, 2)
       for key in ("matmul_gflops", "decode_flop_utilisation_real_tokens_b256",
                   "decode_flop_utilisation_all_row_steps_b256",
                   "prefill_flop_utilisation_real_tokens_b256",
-                  "prefill_flop_utilisation_all_row_steps_b256")),
+                  "prefill_flop_utilisation_all_row_steps_b256",
+                  "decode_bound_flop_utilisation_real_tokens_b256",
+                  "decode_vs_bound_ratio_b256")),
 )
 # Figure 10: every run times these update variants; bf16 when the CPU supports it, compile
 # in the full run.
@@ -323,6 +334,19 @@ def flop_utilisation(params: int, tokens: float, seconds: float, rate: float,
     """Fraction of the matmul rate: flops_per_param x params FLOPs per token (2 for a
     forward, 6 for forward + backward; attention's own FLOPs are not counted)."""
     return flops_per_param * params * tokens / seconds / rate
+
+
+def kv_read_seconds(cache, tries: int = 3) -> float:
+    """The fastest of `tries` plain sums over the keys and values a decode step just read
+    (every layer, every row of the cache, the filled slots): an estimate of the least time
+    a decode step on a float32 cache spends reading them on this machine."""
+    k, v = cache.k[..., :cache.length, :], cache.v[..., :cache.length, :]
+    times = []
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        k.sum(), v.sum()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def num_params(module) -> int:
@@ -987,7 +1011,9 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
                                             position_ids=pos).logits)[mask].abs().max()
         details["hf_max_logit_diff"] = float(diff)  # the copy computes the same model
 
-    def ours(seed: int) -> dict:
+    def ours(seed: int, probe: bool = False) -> dict:
+        """One generation, timed. probe: after each decode step, also time a plain sum over
+        the keys and values that step read (that run's times are not used)."""
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         dec = Decoder(policy, ids, mask, cfg.max_new_tokens, pad_id=tokenizer.pad_id,
@@ -995,6 +1021,7 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
         t1 = time.perf_counter()
         done = torch.zeros(B, dtype=torch.bool)
         steps = fed = generated = 0
+        per_step = []  # with probe: (rows fed, seconds to read their keys and values)
         while True:
             tok, _ = dec.sample()
             generated += B - int(done.sum())
@@ -1003,9 +1030,11 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
             if not dec.advance(tok, ended):
                 break
             steps, fed = steps + 1, fed + dec.batch_size
+            if probe:
+                per_step.append((dec.batch_size, kv_read_seconds(dec.cache)))
         t2 = time.perf_counter()
         return {"prefill": t1 - t0, "decode": t2 - t1, "steps": steps, "fed": fed,
-                "generated": generated}
+                "generated": generated, "per_step": per_step}
 
     def theirs(seed: int) -> dict:
         torch.manual_seed(seed)
@@ -1029,7 +1058,14 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
                 r = fn(cfg.seed + 3000 + rep)
                 if rep:
                     runs[name].append(r)
-        o = {k: median([r[k] for r in runs["ours"]]) for k in runs["ours"][0]}
+        o = {k: median([r[k] for r in runs["ours"]]) for k in runs["ours"][0]
+             if k != "per_step"}
+        # The bound: each step at least reads its keys and values (float32, as fast as a
+        # plain sum reads them) and multiplies its rows by the weights at the matmul rate.
+        probe = ours(cfg.seed + 3001, probe=True)
+        matmul_s, read_s = zip(*[(2 * P * rows / rate, read) for rows, read in
+                                 probe["per_step"]])
+        bound_s = sum(map(max, matmul_s, read_s))  # for probe["fed"] real tokens
         dead += [1 - r["fed"] / (B * r["steps"]) for r in runs["ours"] if r["steps"]]
         prompt_real = int(mask.sum())
         t = f"_{threads}t"
@@ -1043,7 +1079,13 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
             flop_utilisation(P, prompt_real, o["prefill"], rate),
             f"prefill_flop_utilisation_all_row_steps_b256{t}":
             flop_utilisation(P, ids.numel(), o["prefill"], rate),
+            f"decode_bound_flop_utilisation_real_tokens_b256{t}": sum(matmul_s) / bound_s,
+            f"decode_vs_bound_ratio_b256{t}":  # seconds per real token, bound / measured
+            (bound_s / probe["fed"]) / (o["decode"] / o["fed"]),
         })
+        details.update({f"decode_s{t}": o["decode"], f"decode_bound_s{t}": bound_s,
+                        f"decode_matmul_s_at_rate{t}": sum(matmul_s),
+                        f"decode_kv_read_s{t}": sum(read_s)})
         if runs["hf"]:
             s_ours = median([(r["prefill"] + r["decode"]) / r["generated"] for r in runs["ours"]])
             s_hf = median([r["seconds"] / r["generated"] for r in runs["hf"]])
@@ -1056,7 +1098,8 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
     at = f"_{cfg.threads}t"  # the headline figures: at --threads
     for key in ("decode_flop_utilisation_real_tokens_b256",
                 "decode_flop_utilisation_all_row_steps_b256",
-                "prefill_flop_utilisation_real_tokens_b256", "decode_vs_hf_generate_ratio"):
+                "prefill_flop_utilisation_real_tokens_b256", "decode_vs_hf_generate_ratio",
+                "decode_bound_flop_utilisation_real_tokens_b256", "decode_vs_bound_ratio_b256"):
         if key + at in figures:
             figures[key] = figures[key + at]
     figures["dead_row_fraction"] = median(dead) if dead else 0.0
@@ -1306,7 +1349,8 @@ def markdown_table(result: dict) -> str:
             "prefill_flop_utilisation_real_tokens_b256",
             "prefill_flop_utilisation_all_row_steps_b256",
             "decode_flop_utilisation_real_tokens_b256",
-            "decode_flop_utilisation_all_row_steps_b256")}
+            "decode_flop_utilisation_all_row_steps_b256",
+            "decode_bound_flop_utilisation_real_tokens_b256", "decode_vs_bound_ratio_b256")}
         hf = x["decode_vs_hf_generate_ratio"]
         rows += [
             ("9", f"{t} thread(s): float32 matmul GFLOP/s", x["matmul_gflops"], ""),
@@ -1317,6 +1361,9 @@ def markdown_table(result: dict) -> str:
              x["decode_flop_utilisation_real_tokens_b256"],
              f"{_fmt(x['decode_flop_utilisation_all_row_steps_b256'])} (all row-steps); "
              + goal("decode_flop_utilisation_real_tokens_b256")),
+            ("9", "  bound on that utilisation (matmul rate + reading the float32 KV cache)",
+             x["decode_bound_flop_utilisation_real_tokens_b256"],
+             f"decode at {_fmt(x['decode_vs_bound_ratio_b256'])} of the bound's speed"),
             ("9", "  GPT.generate vs Hugging Face generate (s/token ratio)", hf,
              goal("decode_vs_hf_generate_ratio") if hf is not None
              else d.get("hf_generate", "")),

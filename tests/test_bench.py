@@ -116,6 +116,14 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
                 >= f[f"decode_flop_utilisation_real_tokens_b256_{t}"])
     assert f["decode_flop_utilisation_real_tokens_b256"] == \
         f["decode_flop_utilisation_real_tokens_b256_1t"]  # --threads 1: the headline figure
+    # The decode bound: per step the longer of its matmuls and its KV-cache read.
+    for t in ("_1t", "_2t"):
+        bound, matmul, read = (d[f"decode_{k}{t}"] for k in ("bound_s", "matmul_s_at_rate",
+                                                                "kv_read_s"))
+        assert max(matmul, read) <= bound <= matmul + read
+        assert f[f"decode_bound_flop_utilisation_real_tokens_b256{t}"] == \
+            pytest.approx(matmul / bound)
+        assert f[f"decode_vs_bound_ratio_b256{t}"] > 0
     if bench.hf_copy(bench.load_reference(ASSETS)) is None:
         assert "decode_vs_hf_generate_ratio" not in f
         assert d["hf_generate"].startswith("skipped: transformers")
