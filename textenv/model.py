@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textenv import fused_decode
 from textenv.storage import (
     check_name,
     check_tensors,
@@ -399,16 +400,18 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask, max_new_tokens: int, *, eos_id: int, pad_id: int,
                  temperature=1.0, top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None) -> dict:
+                 generator: torch.Generator | None = None, fused: bool | None = None) -> dict:
         """Sample up to max_new_tokens after LEFT-padded prompts, using one KV cache. A row
-        ends with its eos; after that it gets pads and leaves the decoding batch."""
+        ends with its eos; after that it gets pads and leaves the decoding batch. fused: as
+        `Decoder`'s (None: the fused CPU decode step where it applies)."""
         B = prompt_ids.shape[0]
         dev = prompt_ids.device
         ids = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         alive_mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)
         logprobs = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
         dec = Decoder(self, prompt_ids, prompt_mask, max_new_tokens, pad_id=pad_id,
-                      temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                      temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                      fused=fused)
         if max_new_tokens == 0:
             return {"response_ids": ids, "response_mask": alive_mask, "logprobs": logprobs}
         done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -473,11 +476,17 @@ class Decoder:
     finished or not, so a row's samples depend on the generator and its own logits only:
     the same seed gives the same tokens whichever rows are still in the batch. Decoding is
     inference: the decode steps apply no dropout (put the model in eval mode).
+
+    fused: None (default) runs the decode steps and the sampling in one C kernel call each
+    when `textenv.fused_decode` applies (a GPT on the CPU, float32, under no_grad), else in
+    PyTorch; False always in PyTorch; True insists on the kernel. The two agree up to float
+    rounding; the kernel keeps finished rows in place in the cache and skips them.
     """
 
     def __init__(self, model: GPT, prompt_ids, prompt_mask, max_new_tokens: int, *, pad_id: int,
                  temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None):
+                 top_p: float | None = None, generator: torch.Generator | None = None,
+                 fused: bool | None = None):
         N, Tp = prompt_ids.shape
         mask = prompt_mask.bool()  # (N, Tp)
         if not bool(mask[:, -1].all()):
@@ -500,6 +509,12 @@ class Decoder:
         self.bias = bias
         self.rows = torch.arange(N, device=dev)  # (B,) the prompt row in each batch slot
         self.steps = 0  # tokens sampled per row so far
+        # On the CPU, one call of a C kernel per step when it applies (textenv.fused_decode);
+        # its cache rows stay in place and each step names the rows it feeds.
+        why_not = "fused=False" if fused is False else fused_decode.unusable_reason(model)
+        if fused and why_not:
+            raise ValueError(f"fused=True, but the fused decode step does not apply: {why_not}")
+        self.fused = None if why_not else fused_decode.FusedDecodeStep(model, self.cache, bias)
 
     @property
     def batch_size(self) -> int:
@@ -515,8 +530,12 @@ class Decoder:
             dev = self.rows.device if self.generator is None else self.generator.device
             uniform = torch.rand(self.n, generator=self.generator,
                                  device=dev).to(self.rows.device)[self.rows]  # (B,)
-        tok, lp = sample_from_logits(self.logits, self.temperature, self.top_k, self.top_p,
-                                     uniform=uniform)  # (B,)
+        if self.fused is not None and uniform is not None and self.top_k is None \
+                and self.top_p is None:
+            tok, lp = fused_decode.sample(self.logits, uniform, self.temperature)  # (B,)
+        else:
+            tok, lp = sample_from_logits(self.logits, self.temperature, self.top_k, self.top_p,
+                                         uniform=uniform)  # (B,)
         tokens = torch.full((self.n,), self.pad_id, dtype=torch.long, device=tok.device)
         logprobs = torch.zeros(self.n, dtype=torch.float32, device=tok.device)
         tokens[self.rows], logprobs[self.rows] = tok, lp
@@ -531,7 +550,9 @@ class Decoder:
         R = int(keep.sum())
         if R == 0 or self.steps >= self.max_new_tokens:
             return False
-        if R < len(keep):  # drop the finished rows
+        if R < len(keep) and self.fused is not None:  # the fused step skips them
+            self.rows = self.rows[keep]
+        elif R < len(keep):  # drop the finished rows
             dst = (~keep[:R]).nonzero().squeeze(1)  # finished slots inside the kept prefix
             src = keep[R:].nonzero().squeeze(1) + R  # live rows beyond it (as many)
             self.cache.move_rows(dst, src, R)
@@ -539,6 +560,9 @@ class Decoder:
                 t = getattr(self, name)
                 t[dst] = t[src]
                 setattr(self, name, t[:R])
+        if self.fused is not None:
+            self.logits = self.fused(tokens[self.rows], self.rows)  # (B, V)
+            return True
         B, H, _, M = self.bias.shape
         self.logits = self.model.decode_step(tokens[self.rows], self.cache,
                                              self.bias.view(B * H, 1, M))  # (B, V)
