@@ -70,7 +70,9 @@ Figures (keys of the JSON's "figures"), one function each:
                                      rate and reading its float32 keys and values (timed as
                                      a plain sum over them); `decode_vs_bound_ratio_b256`:
                                      that bound's seconds per real token over the measured
-                                     ones
+                                     ones; `decode_fused_vs_pytorch_ratio`: the same decode
+                                     steps in PyTorch ops (s per real token) over the fused
+                                     step's (textenv.fused_decode), when it is available
  10. update_*                        the LM-PPO update (4 epochs x 4 minibatches, no early
                                      stop) on one rollout of num_envs, from the same start,
                                      interleaved: the whole padded width (`baseline`),
@@ -119,6 +121,7 @@ import torch.nn.functional as F
 import textenv  # noqa: F401  (registers TextGen-v0)
 from agents.rollout import collect_rollout, make_envs
 from agents.training import PhaseTimer, bf16_supported
+from textenv import fused_decode
 from textenv.assets import ASSETS_DIR, load_reference, load_tokenizer, read_quality
 from textenv.lm import encode_prompt, pad_left
 from textenv.model import Decoder, KVCache
@@ -198,12 +201,14 @@ UPDATE_OPTIONAL_KEYS = (
     "update_bf16_speedup", "update_compile_speedup", "update_compile_warmup_s")
 # Figures every run reports in [0, 1).
 FRACTION_KEYS = ("dead_row_fraction",)
-# Figures that need the learned reward model (scoring FLOPs) or transformers (HF generate).
+# Figures that need the learned reward model (scoring FLOPs), transformers (HF generate) or
+# the fused decode step (a C compiler).
 OPTIONAL_KEYS = ("rollout_scoring_flop_utilisation_real_tokens",
                  "scoring_one_batch_flop_utilisation_real_tokens",
                  "ppo_scoring_flop_utilisation_real_tokens",
                  "decode_vs_hf_generate_ratio", "decode_vs_hf_generate_ratio_1t",
-                 "decode_vs_hf_generate_ratio_2t")
+                 "decode_vs_hf_generate_ratio_2t", "decode_fused_vs_pytorch_ratio",
+                 "decode_fused_vs_pytorch_ratio_1t", "decode_fused_vs_pytorch_ratio_2t")
 FULL_ONLY_KEYS = (
     "ppo_time_to_target_s",
     "ppo_to_target_train_s",
@@ -336,11 +341,14 @@ def flop_utilisation(params: int, tokens: float, seconds: float, rate: float,
     return flops_per_param * params * tokens / seconds / rate
 
 
-def kv_read_seconds(cache, tries: int = 3) -> float:
+def kv_read_seconds(cache, rows=None, tries: int = 3) -> float:
     """The fastest of `tries` plain sums over the keys and values a decode step just read
-    (every layer, every row of the cache, the filled slots): an estimate of the least time
-    a decode step on a float32 cache spends reading them on this machine."""
+    (every layer, the filled slots of every row of the cache, or of `rows` (R,) where the
+    step skipped the others): an estimate of the least time a decode step on a float32
+    cache spends reading them on this machine."""
     k, v = cache.k[..., :cache.length, :], cache.v[..., :cache.length, :]
+    if rows is not None:  # gathered first (untimed): the sum then streams just those rows
+        k, v = k[:, rows], v[:, rows]
     times = []
     for _ in range(tries):
         t0 = time.perf_counter()
@@ -1011,13 +1019,14 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
                                             position_ids=pos).logits)[mask].abs().max()
         details["hf_max_logit_diff"] = float(diff)  # the copy computes the same model
 
-    def ours(seed: int, probe: bool = False) -> dict:
+    def ours(seed: int, probe: bool = False, fused: bool | None = None) -> dict:
         """One generation, timed. probe: after each decode step, also time a plain sum over
-        the keys and values that step read (that run's times are not used)."""
+        the keys and values that step read (that run's times are not used). fused: as
+        Decoder's (None: the fused step where it applies; False: PyTorch)."""
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         dec = Decoder(policy, ids, mask, cfg.max_new_tokens, pad_id=tokenizer.pad_id,
-                      generator=g)  # the prefill
+                      generator=g, fused=fused)  # the prefill
         t1 = time.perf_counter()
         done = torch.zeros(B, dtype=torch.bool)
         steps = fed = generated = 0
@@ -1031,7 +1040,8 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
                 break
             steps, fed = steps + 1, fed + dec.batch_size
             if probe:
-                per_step.append((dec.batch_size, kv_read_seconds(dec.cache)))
+                per_step.append((dec.batch_size, kv_read_seconds(
+                    dec.cache, dec.rows if dec.fused is not None else None)))
         t2 = time.perf_counter()
         return {"prefill": t1 - t0, "decode": t2 - t1, "steps": steps, "fed": fed,
                 "generated": generated, "per_step": per_step}
@@ -1046,14 +1056,20 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
         return {"seconds": seconds,
                 "generated": hf_generated_tokens(out[:, ids.shape[1]:], eos)}
 
+    def pytorch(seed: int) -> dict:
+        return ours(seed, fused=False)
+
+    fused = fused_decode.unusable_reason(policy) is None
+    details["fused_decode"] = "on" if fused else f"off: {fused_decode.unusable_reason(policy)}"
     figures: dict[str, float] = {}
     dead = []
     for threads in sorted({1, 2, cfg.threads}):
         torch.set_num_threads(threads)
         rate = matmul_flop_rate(cfg.matmul_size, repeats)
-        runs = {"ours": [], "hf": []}
+        runs = {"ours": [], "hf": [], "pytorch": []}
         for rep in range(1 + repeats):  # rep 0 is the warm-up
-            sides = [("ours", ours)] + ([("hf", theirs)] if hf is not None else [])
+            sides = ([("ours", ours)] + ([("pytorch", pytorch)] if fused else [])
+                     + ([("hf", theirs)] if hf is not None else []))
             for name, fn in (sides if rep % 2 == 0 else sides[::-1]):
                 r = fn(cfg.seed + 3000 + rep)
                 if rep:
@@ -1086,6 +1102,11 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
         details.update({f"decode_s{t}": o["decode"], f"decode_bound_s{t}": bound_s,
                         f"decode_matmul_s_at_rate{t}": sum(matmul_s),
                         f"decode_kv_read_s{t}": sum(read_s)})
+        if runs["pytorch"]:  # the same decoder, its steps and sampling in PyTorch ops
+            p = {k: median([r[k] for r in runs["pytorch"]]) for k in ("decode", "fed")}
+            figures[f"decode_fused_vs_pytorch_ratio{t}"] = \
+                (p["decode"] / p["fed"]) / (o["decode"] / o["fed"])
+            details[f"decode_pytorch_s{t}"] = p["decode"]
         if runs["hf"]:
             s_ours = median([(r["prefill"] + r["decode"]) / r["generated"] for r in runs["ours"]])
             s_hf = median([r["seconds"] / r["generated"] for r in runs["hf"]])
@@ -1099,7 +1120,8 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
     for key in ("decode_flop_utilisation_real_tokens_b256",
                 "decode_flop_utilisation_all_row_steps_b256",
                 "prefill_flop_utilisation_real_tokens_b256", "decode_vs_hf_generate_ratio",
-                "decode_bound_flop_utilisation_real_tokens_b256", "decode_vs_bound_ratio_b256"):
+                "decode_bound_flop_utilisation_real_tokens_b256", "decode_vs_bound_ratio_b256",
+                "decode_fused_vs_pytorch_ratio"):
         if key + at in figures:
             figures[key] = figures[key + at]
     figures["dead_row_fraction"] = median(dead) if dead else 0.0
@@ -1350,7 +1372,8 @@ def markdown_table(result: dict) -> str:
             "prefill_flop_utilisation_all_row_steps_b256",
             "decode_flop_utilisation_real_tokens_b256",
             "decode_flop_utilisation_all_row_steps_b256",
-            "decode_bound_flop_utilisation_real_tokens_b256", "decode_vs_bound_ratio_b256")}
+            "decode_bound_flop_utilisation_real_tokens_b256", "decode_vs_bound_ratio_b256",
+            "decode_fused_vs_pytorch_ratio")}
         hf = x["decode_vs_hf_generate_ratio"]
         rows += [
             ("9", f"{t} thread(s): float32 matmul GFLOP/s", x["matmul_gflops"], ""),
@@ -1364,6 +1387,8 @@ def markdown_table(result: dict) -> str:
             ("9", "  bound on that utilisation (matmul rate + reading the float32 KV cache)",
              x["decode_bound_flop_utilisation_real_tokens_b256"],
              f"decode at {_fmt(x['decode_vs_bound_ratio_b256'])} of the bound's speed"),
+            ("9", "  fused decode step vs the same steps in PyTorch ops (s/token ratio)",
+             x["decode_fused_vs_pytorch_ratio"], d.get("fused_decode", "")),
             ("9", "  GPT.generate vs Hugging Face generate (s/token ratio)", hf,
              goal("decode_vs_hf_generate_ratio") if hf is not None
              else d.get("hf_generate", "")),

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from agents import bench
+from textenv import fused_decode
 from textenv.assets import ASSETS_DIR
 from textenv.rewards import GoldReward
 from textenv.tasks import make_task
@@ -124,6 +125,16 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
         assert f[f"decode_bound_flop_utilisation_real_tokens_b256{t}"] == \
             pytest.approx(matmul / bound)
         assert f[f"decode_vs_bound_ratio_b256{t}"] > 0
+    # The fused decode step, timed beside the same steps in PyTorch ops where it applies.
+    with torch.no_grad():
+        fused = fused_decode.usable(bench.load_reference(ASSETS))
+    if fused:
+        assert d["fused_decode"] == "on"
+        for t in ("_1t", "_2t"):
+            assert f[f"decode_fused_vs_pytorch_ratio{t}"] > 0 and d[f"decode_pytorch_s{t}"] > 0
+    else:
+        assert d["fused_decode"].startswith("off: ")
+        assert "decode_fused_vs_pytorch_ratio" not in f
     if bench.hf_copy(bench.load_reference(ASSETS)) is None:
         assert "decode_vs_hf_generate_ratio" not in f
         assert d["hf_generate"].startswith("skipped: transformers")
