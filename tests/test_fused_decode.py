@@ -209,3 +209,14 @@ def test_the_kernel_is_built_once_per_source_and_cpu(monkeypatch, tmp_path):
     assert fd.library() is not None
     assert built[0].stat().st_mtime_ns == first
     assert list((tmp_path / "cache").glob("*")) == built
+
+
+@needs_kernel
+def test_fused_sampler_writes_each_prompt_row_and_pads_the_rest():
+    logits = torch.tensor([[0.0, 9.0, 0.0], [9.0, 0.0, 0.0]]).log_softmax(-1)  # rows 3 and 0
+    uniform = torch.tensor([0.5, 0.9, 0.9, 0.5])  # one per prompt row
+    tokens, logprobs = fd.sample(logits, uniform, 1.0, rows=torch.tensor([3, 0]), pad_id=7)
+    assert tokens.tolist() == [0, 7, 7, 1]
+    assert logprobs[1:3].tolist() == [0.0, 0.0] and (logprobs[[0, 3]] < 0).all()
+    with pytest.raises(ValueError, match=r"prompt rows in \[0, 4\)"):
+        fd.sample(logits, uniform, 1.0, rows=torch.tensor([3, 4]))

@@ -311,14 +311,18 @@ void decode_step(const Model *m, int n, const int64_t *rows, const int64_t *toke
 
 /* Sample one token per row from softmax(logits / temperature), as
    textenv.model.sample_from_logits does without top-k or top-p: the token is where the row's
-   cumulative distribution first exceeds uniform[i] times its total. logits (n, V);
-   uniform (n,) in [0, 1); tokens (n,) and logprobs (n,) are written; work (2V,) scratch.
-   A token at -inf has probability exactly 0 and is never drawn. */
-void sample_rows(const float *logits, int n, int V, const float *uniform, float temperature,
-                 int64_t *tokens, float *logprobs, float *work) {
+   cumulative distribution first exceeds its uniform draw times its total. A token at -inf
+   has probability exactly 0 and is never drawn.
+   logits (n, V): row i belongs to prompt row rows[i] and uses the draw uniform[rows[i]];
+   tokens and logprobs (n_total,) get its token and log-prob there, and pad_id and 0 at the
+   prompt rows not in `rows`. work: 2V floats of scratch. */
+void sample_rows(const float *logits, int n, int V, const int64_t *rows, const float *uniform,
+                 float temperature, int64_t pad_id, int n_total, int64_t *tokens,
+                 float *logprobs, float *work) {
+    for (int r = 0; r < n_total; r++) tokens[r] = pad_id, logprobs[r] = 0.0f;
     for (int i = 0; i < n; i++) {
         const float *row = logits + (int64_t)i * V;
-        float *x = work + V;  /* the row's logits / temperature, then its probabilities */
+        float *x = work + V;  /* the row's logits / temperature */
         if (temperature == 1.0f)
             memcpy(x, row, sizeof(float) * V);
         else
@@ -334,7 +338,7 @@ void sample_rows(const float *logits, int n, int V, const float *uniform, float 
             work[v] = x[v] == -INFINITY ? 0.0f : e;  /* unnormalised probabilities */
             total += work[v];
         }
-        float cumulative = 0.0f, target = uniform[i] * total;
+        float cumulative = 0.0f, target = uniform[rows[i]] * total;
         int token = -1, last = 0;  /* last: the last token of positive probability */
         for (int v = 0; v < V; v++) {
             cumulative += work[v];
@@ -342,7 +346,7 @@ void sample_rows(const float *logits, int n, int V, const float *uniform, float 
             if (cumulative > target) { token = v; break; }
         }
         if (token < 0) token = last;  /* the target rounded up to the total */
-        tokens[i] = token;
-        logprobs[i] = x[token] - top - logf(total);
+        tokens[rows[i]] = token;
+        logprobs[rows[i]] = x[token] - top - logf(total);
     }
 }

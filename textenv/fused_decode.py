@@ -112,7 +112,7 @@ def library() -> ctypes.CDLL | None:
     lib.decode_step.argtypes = [p, i32, p, p, p, p, i64, p, p, p, i32, p, i64, i64,
                                 p, p, i64, i32]
     lib.sample_rows.restype = None
-    lib.sample_rows.argtypes = [p, i32, i32, p, ctypes.c_float, p, p, p]
+    lib.sample_rows.argtypes = [p, i32, i32, p, p, ctypes.c_float, i64, i32, p, p, p]
     _lib = lib
     return lib
 
@@ -186,6 +186,7 @@ class _Packed:
                             ptr(model.tok_emb.weight), ptr(model.pos_emb.weight),
                             ptr(model.ln_f.weight), ptr(model.ln_f.bias), ptr(head),
                             ctypes.cast(layers, ctypes.POINTER(_Layer)))
+        self.model_ref = ctypes.byref(self.model)
 
 
 class FusedDecodeStep:
@@ -210,6 +211,11 @@ class FusedDecodeStep:
         self.work_stride = _lib.workspace_floats(model.config.n_embd,
                                                  self.packed.model.vocab_padded, cache.max_len)
         self.work = torch.empty(0)
+        # The cache's tensors stay in place for the generation: their addresses, once.
+        key_mask = cache.key_mask.view(torch.uint8)  # (N, max_len)
+        self.cache_args = (cache.next_pos.data_ptr(), key_mask.data_ptr(), key_mask.stride(0),
+                           cache.k.data_ptr(), cache.v.data_ptr(), self.kv_strides.data_ptr())
+        self.bias_args = (bias.data_ptr(), bias.stride(0), bias.stride(1))
 
     def __call__(self, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """tokens (R,) int64 fed to cache rows `rows` (R,) int64 -> logits (R, V) float32."""
@@ -221,24 +227,24 @@ class FusedDecodeStep:
             self.work = torch.empty(threads * self.work_stride)
         tokens, rows = tokens.contiguous(), rows.contiguous()
         logits = torch.empty(len(rows), self.vocab)  # (R, V)
-        key_mask = cache.key_mask.view(torch.uint8)  # (N, max_len)
-        _lib.decode_step(
-            ctypes.byref(self.packed.model), len(rows), rows.data_ptr(), tokens.data_ptr(),
-            cache.next_pos.data_ptr(), key_mask.data_ptr(), key_mask.stride(0),
-            cache.k.data_ptr(), cache.v.data_ptr(), self.kv_strides.data_ptr(), L,
-            self.bias.data_ptr(), self.bias.stride(0), self.bias.stride(1),
-            logits.data_ptr(), self.work.data_ptr(), self.work_stride, threads)
+        _lib.decode_step(self.packed.model_ref, len(rows), rows.data_ptr(), tokens.data_ptr(),
+                         *self.cache_args, L, *self.bias_args, logits.data_ptr(),
+                         self.work.data_ptr(), self.work_stride, threads)
         cache.length = L + 1
         return logits
 
 
-def sample(logits: torch.Tensor, uniform: torch.Tensor, temperature: float
+def sample(logits: torch.Tensor, uniform: torch.Tensor, temperature: float,
+           rows: torch.Tensor | None = None, pad_id: int = 0
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """`textenv.model.sample_from_logits(logits, temperature, uniform=uniform)` without
-    top-k and top-p, in one call of the kernel library: logits (B, V) float32 on the CPU,
-    uniform (B,) in [0, 1), temperature > 0 -> tokens (B,) int64, log-probs (B,) float32.
-    The same distribution; a draw may differ from PyTorch's where float rounding moves the
-    boundary between two tokens."""
+    top-k and top-p, in one call of the kernel library. The same distribution; a draw may
+    differ from PyTorch's where float rounding moves the boundary between two tokens.
+
+    logits (B, V) float32 on the CPU; temperature > 0; uniform (N,) in [0, 1), one per
+    prompt row; rows (B,) int64: the prompt row of each row of logits (default: B = N, row
+    b is prompt row b). -> tokens (N,) int64 and log-probs (N,) float32, pad_id and 0 at
+    the prompt rows not in `rows` (as `Decoder.sample` returns them)."""
     if library() is None:
         raise RuntimeError(f"the fused decode library is not available: {_build_error}")
     if temperature <= 0:
@@ -246,9 +252,13 @@ def sample(logits: torch.Tensor, uniform: torch.Tensor, temperature: float
     logits = logits.float().contiguous()
     uniform = uniform.float().contiguous()
     B, V = logits.shape
-    tokens = torch.empty(B, dtype=torch.int64)
-    logprobs = torch.empty(B)
+    N = len(uniform)
+    rows = torch.arange(B) if rows is None else rows.contiguous()
+    if len(rows) != B or (B and not 0 <= int(rows.min()) <= int(rows.max()) < N):
+        raise ValueError(f"rows must be {B} prompt rows in [0, {N}), got {rows.tolist()}")
+    tokens = torch.empty(N, dtype=torch.int64)
+    logprobs = torch.empty(N)
     work = torch.empty(2 * V)
-    _lib.sample_rows(logits.data_ptr(), B, V, uniform.data_ptr(), temperature,
-                     tokens.data_ptr(), logprobs.data_ptr(), work.data_ptr())
+    _lib.sample_rows(logits.data_ptr(), B, V, rows.data_ptr(), uniform.data_ptr(), temperature,
+                     pad_id, N, tokens.data_ptr(), logprobs.data_ptr(), work.data_ptr())
     return tokens, logprobs

@@ -529,13 +529,13 @@ class Decoder:
             # Drawn where the generator lives (a CPU generator can drive a CUDA model).
             dev = self.rows.device if self.generator is None else self.generator.device
             uniform = torch.rand(self.n, generator=self.generator,
-                                 device=dev).to(self.rows.device)[self.rows]  # (B,)
-        if self.fused is not None and uniform is not None and self.top_k is None \
-                and self.top_p is None:
-            tok, lp = fused_decode.sample(self.logits, uniform, self.temperature)  # (B,)
-        else:
-            tok, lp = sample_from_logits(self.logits, self.temperature, self.top_k, self.top_p,
-                                         uniform=uniform)  # (B,)
+                                 device=dev).to(self.rows.device)  # (N,)
+            if self.fused is not None and self.top_k is None and self.top_p is None:
+                return fused_decode.sample(self.logits, uniform, self.temperature, self.rows,
+                                           self.pad_id)  # (N,) each, in one call
+            uniform = uniform[self.rows]  # (B,)
+        tok, lp = sample_from_logits(self.logits, self.temperature, self.top_k, self.top_p,
+                                     uniform=uniform)  # (B,)
         tokens = torch.full((self.n,), self.pad_id, dtype=torch.long, device=tok.device)
         logprobs = torch.zeros(self.n, dtype=torch.float32, device=tok.device)
         tokens[self.rows], logprobs[self.rows] = tok, lp
