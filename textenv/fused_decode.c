@@ -41,7 +41,7 @@ typedef float vec __attribute__((vector_size(VW * sizeof(float))));
 
 static inline vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
-static inline vec splat(float x) { return (vec){0} + x; }
+static inline vec splat(float x) { return x - (vec){0}; }  /* x - 0 == x: a bare broadcast */
 
 typedef struct {
     const float *ln1_w, *ln1_b;    /* (C,) each; a NULL bias counts as 0 */
