@@ -195,6 +195,7 @@ class FusedDecodeStep:
 
         step = FusedDecodeStep(model, cache, bias)   # bias (N, H, 1, max_len), as Decoder's
         logits = step(tokens, rows)                  # (R,) each -> (R, V); cache.length += 1
+        tokens, logprobs = step.sample(logits, uniform, rows, temperature, pad_id)  # (N,)
     """
 
     def __init__(self, model, cache, bias: torch.Tensor):
@@ -211,6 +212,7 @@ class FusedDecodeStep:
         self.work_stride = _lib.workspace_floats(model.config.n_embd,
                                                  self.packed.model.vocab_padded, cache.max_len)
         self.work = torch.empty(0)
+        self.sample_work = torch.empty(2 * self.vocab)
         # The cache's tensors stay in place for the generation: their addresses, once.
         key_mask = cache.key_mask.view(torch.uint8)  # (N, max_len)
         self.cache_args = (cache.next_pos.data_ptr(), key_mask.data_ptr(), key_mask.stride(0),
@@ -232,6 +234,12 @@ class FusedDecodeStep:
                          self.work.data_ptr(), self.work_stride, threads)
         cache.length = L + 1
         return logits
+
+    def sample(self, logits: torch.Tensor, uniform: torch.Tensor, rows: torch.Tensor,
+               temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sample(logits, uniform, temperature, rows, pad_id)` for this generation's own
+        logits (B, V) and rows (B,), without the checks: (N,) tokens and log-probs."""
+        return _sample_rows(logits, uniform, temperature, rows, pad_id, self.sample_work)
 
 
 def sample(logits: torch.Tensor, uniform: torch.Tensor, temperature: float,
@@ -256,9 +264,16 @@ def sample(logits: torch.Tensor, uniform: torch.Tensor, temperature: float,
     rows = torch.arange(B) if rows is None else rows.contiguous()
     if len(rows) != B or (B and not 0 <= int(rows.min()) <= int(rows.max()) < N):
         raise ValueError(f"rows must be {B} prompt rows in [0, {N}), got {rows.tolist()}")
+    return _sample_rows(logits, uniform, temperature, rows, pad_id, torch.empty(2 * V))
+
+
+def _sample_rows(logits, uniform, temperature, rows, pad_id, work):
+    """`sample` without its checks: logits (B, V) and uniform (N,) contiguous float32, rows
+    (B,) contiguous int64 in [0, N), work (2V,) float32 scratch."""
+    N = len(uniform)
     tokens = torch.empty(N, dtype=torch.int64)
     logprobs = torch.empty(N)
-    work = torch.empty(2 * V)
-    _lib.sample_rows(logits.data_ptr(), B, V, rows.data_ptr(), uniform.data_ptr(), temperature,
-                     pad_id, N, tokens.data_ptr(), logprobs.data_ptr(), work.data_ptr())
+    _lib.sample_rows(logits.data_ptr(), len(rows), logits.shape[1], rows.data_ptr(),
+                     uniform.data_ptr(), temperature, pad_id, N, tokens.data_ptr(),
+                     logprobs.data_ptr(), work.data_ptr())
     return tokens, logprobs

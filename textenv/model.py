@@ -531,8 +531,8 @@ class Decoder:
             uniform = torch.rand(self.n, generator=self.generator,
                                  device=dev).to(self.rows.device)  # (N,)
             if self.fused is not None and self.top_k is None and self.top_p is None:
-                return fused_decode.sample(self.logits, uniform, self.temperature, self.rows,
-                                           self.pad_id)  # (N,) each, in one call
+                return self.fused.sample(self.logits, uniform, self.rows, self.temperature,
+                                         self.pad_id)  # (N,) each, in one call
             uniform = uniform[self.rows]  # (B,)
         tok, lp = sample_from_logits(self.logits, self.temperature, self.top_k, self.top_p,
                                      uniform=uniform)  # (B,)
