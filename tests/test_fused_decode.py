@@ -60,6 +60,7 @@ def full_forward_logits(model, ids, mask, fed, t):
 @pytest.mark.parametrize("cfg", [
     dict(n_embd=16, n_head=2, n_layer=2),    # head_dim 8
     dict(n_embd=96, n_head=4, n_layer=2),    # head_dim 24: not whole SIMD vectors
+    dict(n_embd=32, n_head=2, bias=False, tie_embeddings=False),  # no biases, own lm_head
     dict(n_embd=128, n_head=4, n_layer=3),   # the shipped policies' shape
 ])
 def test_fused_logits_equal_the_full_forward(cfg):
@@ -196,6 +197,18 @@ def test_a_failing_build_reports_the_compilers_message(monkeypatch, tmp_path):
         assert fd.library() is None
     assert "fused_decode.c:1: error: something is wrong" in fd.build_error()
     assert not list((tmp_path / "cache").glob("*"))
+
+
+def test_no_compiler_on_the_path_or_no_source_is_reported(monkeypatch, tmp_path):
+    _fresh_build(monkeypatch, tmp_path, "unused")
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, no gcc
+    with pytest.warns(RuntimeWarning, match="no C compiler found"):
+        assert fd.library() is None
+    _fresh_build(monkeypatch, tmp_path, "cc")
+    monkeypatch.setattr(fd, "SOURCE", tmp_path / "missing.c")  # a packaging mistake
+    with pytest.warns(RuntimeWarning, match="missing.c"):
+        assert fd.library() is None
 
 
 @needs_kernel

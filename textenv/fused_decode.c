@@ -1,13 +1,14 @@
 /* One decode step of textenv's GPT (textenv/model.py) on the CPU, every layer in one call.
 
    textenv/fused_decode.py compiles this file with the system's C compiler and calls
-   `decode_step` once per generated token. It computes, for each live row, exactly what
-   GPT.decode_step computes (the same formulas; float32; results equal up to rounding):
+   `decode_step` once per generated token, then `sample_rows` to draw the next tokens.
+   decode_step computes, for each live row, what GPT.decode_step computes (the same
+   formulas in float32; the results equal up to rounding):
 
        x = tok_emb[token] + pos_emb[pos]
        for each block:  x += proj(attention(qkv(ln1(x))))   the new key and value go to slot L
                         x += fc2(gelu(fc(ln2(x))))
-       logits = ln_f(x) @ tok_emb^T
+       logits = ln_f(x) @ lm_head^T                          (lm_head is tok_emb when tied)
 
    Why one call: eager PyTorch runs such a step as ~120 small ops, each a dispatch from Python
    and a round trip of its result through memory. Here the rows are cut into tiles of at most

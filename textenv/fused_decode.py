@@ -71,37 +71,44 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("TEXTENV_CACHE_DIR", default))
 
 
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use; None (with the reason in `build_error()`)
-    when no C compiler is found or the build fails."""
-    global _lib, _build_error
-    if _lib is not None or _build_error is not None:
-        return _lib
+def _build() -> Path:
+    """The compiled kernel's path, compiling it first if this source, compiler, flags and
+    CPU have not been built yet. Raises OSError or SubprocessError, saying why."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        _build_error = "no C compiler found (cc or gcc on PATH, or $CC)"
-        return None
+        raise FileNotFoundError("no C compiler found (cc or gcc on PATH, or $CC)")
     key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"fused_decode-{key}.so"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name, then renamed: another process never loads half a file,
+    # and a failed build leaves nothing behind.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
     try:
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Built under a temporary name, then renamed: another process never loads half
-            # a file, and a failed build leaves nothing behind.
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-            os.close(fd)
-            try:
-                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
-                               check=True, capture_output=True, text=True, timeout=120)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        lib = ctypes.CDLL(str(path))
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise OSError(f"{compiler} failed on {SOURCE}: {result.stderr.strip()[:2000]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use; None (with the reason in `build_error()`,
+    and a warning the first time) when no C compiler is found or the build fails."""
+    global _lib, _build_error
+    if _lib is not None or _build_error is not None:
+        return _lib
+    try:
+        lib = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", "") or str(e)
-        _build_error = f"building {SOURCE.name} with {compiler} failed: {detail.strip()[:2000]}"
+        _build_error = str(e)
         warnings.warn(f"textenv: the fused decode step is off ({_build_error}); decoding "
                       f"in PyTorch", RuntimeWarning, stacklevel=3)
         return None
