@@ -192,6 +192,24 @@ static void gelu(float *x, int64_t n) {
     }
 }
 
+/* p[i] = e^(x[i] - max x) for i < n, exactly 0 where x[i] is -inf: a softmax before
+   normalising. Returns the sum of p and puts max x in *top (finite: some x[i] must be).
+   p may be x. */
+static float exp_shifted(float *p, const float *x, int n, float *top) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int i = 0; i < n; i++) {
+        float e = exp_approx(x[i] - m);
+        p[i] = x[i] == -INFINITY ? 0.0f : e;
+        total += p[i];
+    }
+    *top = m;
+    return total;
+}
+
 /* y (D,) = softmax(scale * K q + bias) V over the first S slots of one row's head:
    K, V (S, D) with rows `stride` floats apart; bias (S,): 0 or -inf; scores (S,) scratch. */
 static void attend(float *y, const float *q, const float *K, const float *V, int64_t stride,
@@ -203,16 +221,8 @@ static void attend(float *y, const float *q, const float *K, const float *V, int
         for (int d = 0; d < D; d++) dot += q[d] * kj[d];
         scores[j] = dot * scale + bias[j];
     }
-    float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-    for (int j = 0; j < S; j++) top = scores[j] > top ? scores[j] : top;
-    float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-    for (int j = 0; j < S; j++) {
-        float e = exp_approx(scores[j] - top);
-        scores[j] = scores[j] == -INFINITY ? 0.0f : e;  /* masked: exactly 0 */
-        total += scores[j];
-    }
+    float top;  /* the last slot (this step's) is never masked */
+    const float total = exp_shifted(scores, scores, S, &top);
     for (int d = 0; d < D; d++) y[d] = 0.0f;
     for (int j = 0; j < S; j++) {
         const float p = scores[j] / total;
@@ -329,16 +339,8 @@ void sample_rows(const float *logits, int n, int V, const int64_t *rows, const f
         else
 #pragma omp simd
             for (int v = 0; v < V; v++) x[v] = row[v] / temperature;
-        float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-        for (int v = 0; v < V; v++) top = x[v] > top ? x[v] : top;
-        float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-        for (int v = 0; v < V; v++) {
-            float e = exp_approx(x[v] - top);
-            work[v] = x[v] == -INFINITY ? 0.0f : e;  /* unnormalised probabilities */
-            total += work[v];
-        }
+        float top;
+        const float total = exp_shifted(work, x, V, &top);  /* unnormalised probabilities */
         float cumulative = 0.0f, target = uniform[rows[i]] * total;
         int token = -1, last = 0;  /* last: the last token of positive probability */
         for (int v = 0; v < V; v++) {
