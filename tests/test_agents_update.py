@@ -113,12 +113,20 @@ def _update_stats(**options) -> dict:
                       None, 0)
 
 
+@pytest.fixture
+def bf16_everywhere(monkeypatch):
+    """Lets `--autocast-bf16` run on a CPU without native bfloat16 (e.g. AVX2 only), where the
+    option itself is refused: torch then runs bf16 matmuls without the native instructions,
+    slowly, so the option's wiring is tested on every machine."""
+    monkeypatch.setattr(training, "bf16_supported", lambda device: True)
+
+
 @pytest.mark.parametrize("option", [
     pytest.param({"autocast_bf16": True}, id="bf16"),
     pytest.param({"compile": True}, id="compile", marks=pytest.mark.slow),  # ~30 s compile
     pytest.param({"trim_padding": False}, id="no-trim"),
 ])
-def test_update_options_give_losses_close_to_float32(option):
+def test_update_options_give_losses_close_to_float32(option, bf16_everywhere):
     base, got = _update_stats(), _update_stats(**option)
     tol = 0.05 if "autocast_bf16" in option else 1e-4  # bf16 keeps ~3 significant digits
     for key in ("pg", "vf", "ent"):
@@ -155,7 +163,7 @@ def _ppo_iteration(**options) -> dict:
     pytest.param({"bucket_by_length": True}, id="bucket"),
     pytest.param({"compile": True}, id="compile", marks=pytest.mark.slow),
 ])
-def test_one_ppo_iteration_with_each_option(option):
+def test_one_ppo_iteration_with_each_option(option, bf16_everywhere):
     """The same rollout (same seed); the update's losses finite and, where the minibatches
     are the same, close to the float32 path's."""
     base, got = _ppo_iteration(), _ppo_iteration(**option)
@@ -169,7 +177,7 @@ def test_one_ppo_iteration_with_each_option(option):
 
 @needs_assets
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce", "reinforce++"])
-def test_critic_free_agents_take_autocast_bf16(algo):
+def test_critic_free_agents_take_autocast_bf16(algo, bf16_everywhere):
     from agents.grpo import GRPO, GRPOConfig
     from agents.reinforce import Reinforce, ReinforceConfig
     from agents.reinforce_pp import ReinforcePP, ReinforcePPConfig
