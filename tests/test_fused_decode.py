@@ -55,6 +55,29 @@ def full_forward_logits(model, ids, mask, fed, t):
     return model(seq, seq_mask)[:, -1]
 
 
+@pytest.fixture(scope="module")
+def other_width_kernel(tmp_path_factory):
+    """The kernel built for the SIMD width this CPU does not use (16 floats on an AVX2 CPU,
+    where GCC splits each vector in two; 8 on an AVX-512 CPU), so that both widths' code
+    is tested on any machine."""
+    other = 8 if fd.library().simd_width() == 16 else 16
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fd, "FLAGS", [*fd.FLAGS, f"-DVW={other}", "-Wno-psabi"])
+        mp.setattr(fd, "_lib", None)
+        mp.setattr(fd, "_build_error", None)
+        mp.setenv("TEXTENV_CACHE_DIR", str(tmp_path_factory.mktemp("kernel")))
+        lib = fd.library()
+    assert lib is not None and lib.simd_width() == other, fd.build_error()
+    return lib
+
+
+@pytest.fixture(params=["native width", "other width"])
+def kernel(request, monkeypatch):
+    if request.param == "other width":
+        monkeypatch.setattr(fd, "_lib", request.getfixturevalue("other_width_kernel"))
+    return fd.library()
+
+
 @needs_kernel
 @torch.no_grad()
 @pytest.mark.parametrize("cfg", [
@@ -63,7 +86,7 @@ def full_forward_logits(model, ids, mask, fed, t):
     dict(n_embd=32, n_head=2, bias=False, tie_embeddings=False),  # no biases, own lm_head
     dict(n_embd=128, n_head=4, n_layer=3),   # the shipped policies' shape
 ])
-def test_fused_logits_equal_the_full_forward(cfg):
+def test_fused_logits_equal_the_full_forward(cfg, kernel):
     model = tiny_gpt(**cfg)
     with torch.no_grad():  # weights of a trained model's scale, not the init's 0.02
         for p in model.parameters():
@@ -82,7 +105,7 @@ def test_fused_logits_equal_the_full_forward(cfg):
 
 @needs_kernel
 @torch.no_grad()
-def test_fused_logits_of_the_shipped_policy_are_as_exact_as_pytorchs():
+def test_fused_logits_of_the_shipped_policy_are_as_exact_as_pytorchs(kernel):
     """The shipped policy's logits reach ~20, where float32's own rounding is ~1e-5: against
     the same model in float64, the fused steps stray no further than 1e-5, and no further
     than PyTorch's float32 full forward does."""
@@ -122,7 +145,7 @@ def test_fused_results_do_not_depend_on_the_batch_or_the_threads():
 
 @needs_kernel
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_fused_sampler_follows_the_distribution(temperature):
+def test_fused_sampler_follows_the_distribution(temperature, kernel):
     """20k draws from one categorical with a banned (-inf) token: chi-squared at p >= 1e-3
     (fixed seed), the banned token never drawn, and the log-probs exact."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -0.5, float("-inf"), -2.0, -4.0, 1.5, 0.2])
@@ -135,7 +158,7 @@ def test_fused_sampler_follows_the_distribution(temperature):
 
 
 @needs_kernel
-def test_fused_sampler_inverts_the_cdf_at_the_given_draws():
+def test_fused_sampler_inverts_the_cdf_at_the_given_draws(kernel):
     probs = torch.tensor([[0.5, 0.0, 0.25, 0.25]])
     cases = {0.0: 0, 0.49: 0, 0.5: 2, 0.74: 2, 0.75: 3, 0.999999: 3}
     for u, want in cases.items():

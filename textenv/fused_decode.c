@@ -27,13 +27,17 @@
 #include <string.h>
 #include <omp.h>
 
-/* Floats per SIMD vector: a 512-bit register with AVX-512, else 256 bits. */
+/* Floats per SIMD vector: a 512-bit register with AVX-512, else 256 bits. -DVW=8 or 16
+   overrides it (the tests build the other width too; GCC splits or pads the vectors). */
+#ifndef VW
 #if defined(__AVX512F__)
 #define VW 16
 #else
 #define VW 8
 #endif
+#endif
 typedef float vec __attribute__((vector_size(VW * sizeof(float))));
+typedef int32_t ivec __attribute__((vector_size(VW * sizeof(int32_t))));  /* masks, bits */
 
 #define RB 4     /* rows of a register block in `linear` */
 #define NB 4     /* vectors of a register block in `linear`: RB x NB accumulators */
@@ -43,6 +47,7 @@ typedef float vec __attribute__((vector_size(VW * sizeof(float))));
 static inline vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
 static inline vec splat(float x) { return x - (vec){0}; }  /* x - 0 == x: a bare broadcast */
+static inline ivec splat_int(int32_t x) { return x - (ivec){0}; }
 
 typedef struct {
     const float *ln1_w, *ln1_b;    /* (C,) each; a NULL bias counts as 0 */
@@ -156,40 +161,49 @@ static void layer_norm(float *out, const float *x, int rows, int C,
     }
 }
 
-/* e^x for x <= 88.7, to about 1 ulp: e^x = 2^n e^f with n = round(x / ln 2), |f| <= ln(2)/2,
-   e^f by Cephes' expf polynomial. Below -87.3 it returns 2^-126 * e^f (about 1e-38). */
-#pragma omp declare simd notinbranch
-static inline float exp_approx(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  /* round to nearest */
-    float f = x - n * 0.693359375f + n * 2.12194440e-4f;       /* ln 2 in two parts */
-    float p = 1.9875691500e-4f;
+/* e^x lane by lane for x <= 88.7, to about 1 ulp: e^x = 2^n e^f with n = round(x / ln 2),
+   |f| <= ln(2)/2, e^f by Cephes' expf polynomial. Below -87.3 it returns 2^-126 * e^f (about
+   1e-38). Written on vectors, not left to the compiler: GCC does not vectorise the scalar
+   form's selects and bit casts for AVX2, and GELU and the softmaxes then run 8x slower. */
+static inline vec exp_vec(vec x) {
+    const vec lowest = splat(-87.3f);
+    const ivec below = x < lowest;  /* all ones where x < -87.3 */
+    x = (vec)((below & (ivec)lowest) | (~below & (ivec)x));
+    const vec n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  /* round to nearest */
+    const vec f = x - n * 0.693359375f + n * 2.12194440e-4f;      /* ln 2 in two parts */
+    vec p = splat(1.9875691500e-4f);
     p = p * f + 1.3981999507e-3f;
     p = p * f + 8.3334519073e-3f;
     p = p * f + 4.1665795894e-2f;
     p = p * f + 1.6666665459e-1f;
     p = p * f + 5.0000001201e-1f;
     p = p * f * f + f + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;  /* 2^n as a float's bits */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    const ivec scale = (__builtin_convertvector(n, ivec) + 127) << 23;  /* 2^n's bits */
+    return p * (vec)scale;
 }
 
 /* GELU with the exact erf, as torch.nn.GELU(): 0.5 x (1 + erf(x / sqrt 2)); erf by
    Abramowitz and Stegun 7.1.26 (absolute error <= 1.5e-7), the formula ATen's vectorised
-   CPU kernel uses. In place. */
+   CPU kernel uses. In place; n a multiple of VW. */
 static void gelu(float *x, int64_t n) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-        float z = x[i] * 0.70710678f;
-        float a = z < 0.0f ? -z : z;
-        float t = 1.0f / (1.0f + 0.3275911f * a);
-        float poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t
-                       - 0.284496736f) * t + 0.254829592f) * t;
-        float erf_a = 1.0f - poly * exp_approx(-a * a);
-        x[i] = 0.5f * x[i] * (1.0f + (z < 0.0f ? -erf_a : erf_a));
+    const ivec sign = splat_int(INT32_MIN);  /* a float's sign bit */
+    for (int64_t i = 0; i < n; i += VW) {
+        const vec v = load(x + i);
+        const vec z = v * 0.70710678f;
+        const vec a = (vec)((ivec)z & ~sign);  /* |z| */
+        const vec t = 1.0f / (1.0f + 0.3275911f * a);
+        const vec poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t
+                           - 0.284496736f) * t + 0.254829592f) * t;
+        const vec erf_a = 1.0f - poly * exp_vec(-a * a);
+        const vec erf_z = (vec)((ivec)erf_a ^ ((ivec)z & sign));  /* erf is odd */
+        store(x + i, 0.5f * v * (1.0f + erf_z));
     }
+}
+
+/* e^(x - top) lane by lane, exactly 0 where x is -inf. */
+static inline vec exp_minus(vec x, float top) {
+    const ivec masked = x == -INFINITY;
+    return (vec)(~masked & (ivec)exp_vec(x - top));
 }
 
 /* p[i] = e^(x[i] - max x) for i < n, exactly 0 where x[i] is -inf: a softmax before
@@ -199,13 +213,23 @@ static float exp_shifted(float *p, const float *x, int n, float *top) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-    for (int i = 0; i < n; i++) {
-        float e = exp_approx(x[i] - m);
-        p[i] = x[i] == -INFINITY ? 0.0f : e;
-        total += p[i];
+    vec sums = splat(0.0f);
+    int i = 0;
+    for (; i + VW <= n; i += VW) {
+        const vec e = exp_minus(load(x + i), m);
+        store(p + i, e);
+        sums += e;
     }
+    if (i < n) {  /* the last n - i, in one vector padded with -inf (whose e is 0) */
+        float tail[VW];
+        for (int j = 0; j < VW; j++) tail[j] = i + j < n ? x[i + j] : -INFINITY;
+        const vec e = exp_minus(load(tail), m);
+        sums += e;
+        store(tail, e);
+        memcpy(p + i, tail, sizeof(float) * (n - i));
+    }
+    float total = 0.0f;
+    for (int j = 0; j < VW; j++) total += sums[j];
     *top = m;
     return total;
 }
