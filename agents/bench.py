@@ -217,8 +217,9 @@ FULL_ONLY_KEYS = (
     "ppo_to_target_iterations",
     "ppo_peak_rss_mb",
 )
-MACHINE_KEYS = ("cores", "torch_version", "torch_threads", "python_version", "platform",
-                "load_avg_1min", "omp_wait_policy")
+MACHINE_KEYS = ("cores", "cpu", "cpu_capability", "torch_version", "torch_threads",
+                "python_version", "platform", "load_avg_1min", "omp_wait_policy",
+                "gomp_spincount")
 # Design goals, printed beside the measured figure (the table states, it does not judge).
 DESIGN_GOALS = {"rollout_vs_generate_then_score_ratio": ">= 0.9",
                 "decode_flop_utilisation_real_tokens_b256": ">= 0.30",
@@ -1060,7 +1061,8 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
         return ours(seed, fused=False)
 
     fused = fused_decode.unusable_reason(policy) is None
-    details["fused_decode"] = "on" if fused else f"off: {fused_decode.unusable_reason(policy)}"
+    details["fused_decode"] = (f"on, {fused_decode.library().simd_width()}-float vectors"
+                               if fused else f"off: {fused_decode.unusable_reason(policy)}")
     figures: dict[str, float] = {}
     dead = []
     for threads in sorted({1, 2, cfg.threads}):
@@ -1131,13 +1133,29 @@ def decode_phases(cfg: BenchConfig, policy, tokenizer, task, repeats: int) -> tu
 
 
 # ---- 8: machine --------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), or what `platform` says elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
-    return {"cores": os.cpu_count(), "torch_version": torch.__version__,
+    """What makes two runs' numbers comparable: the CPU, its vector instructions as torch
+    dispatches them (e.g. AVX2, AVX512), the threads and the OpenMP wait settings."""
+    return {"cores": os.cpu_count(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "python_version": platform.python_version(),
             "platform": platform.platform(),
             "load_avg_1min": os.getloadavg()[0],
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "")}
 
 
 def busy_warning(threads: int) -> str | None:
@@ -1416,8 +1434,10 @@ def markdown_table(result: dict) -> str:
     rows += [
         ("", "peak RSS of the bench process (MB)", f.get("bench_peak_rss_mb"), ""),
         ("8", "machine", None,
-         f"{m['cores']} cores, torch {m['torch_version']} ({m['torch_threads']} threads"
+         f"{m['cores']} cores ({m.get('cpu', '?')}, {m.get('cpu_capability', '?')}), "
+         f"torch {m['torch_version']} ({m['torch_threads']} threads"
          + (f", OMP_WAIT_POLICY={m['omp_wait_policy']}" if m.get("omp_wait_policy") else "")
+         + (f", GOMP_SPINCOUNT={m['gomp_spincount']}" if m.get("gomp_spincount") else "")
          + f"), python {m['python_version']}"),
     ]
     lines = ["| # | figure | value | ratio / note |", "|---|---|---:|---|"]

@@ -129,7 +129,7 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     with torch.no_grad():
         fused = fused_decode.usable(bench.load_reference(ASSETS))
     if fused:
-        assert d["fused_decode"] == "on"
+        assert d["fused_decode"] == f"on, {fused_decode.library().simd_width()}-float vectors"
         for t in ("_1t", "_2t"):
             assert f[f"decode_fused_vs_pytorch_ratio{t}"] > 0 and d[f"decode_pytorch_s{t}"] > 0
     else:
@@ -146,6 +146,7 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     assert machine["torch_threads"] == 1  # --threads is applied and reported
     assert machine["cores"] == os.cpu_count()
     assert machine["torch_version"] == torch.__version__
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert d["reward"] in ("learned", "gold")
     assert d["learned_reward_model_present"] == (d["reward"] == "learned")
     assert "quick" in result["skipped"]["ppo_to_target"]
